@@ -1,0 +1,367 @@
+"""Load ``config.yaml`` once into frozen, typed objects; fail with the key and the file.
+
+Secrets never live in the file: a backend names the environment variable that
+holds its key (``api_key_env``), and ``${VAR}`` / ``${VAR:-default}`` in any string
+value is replaced from the environment at load time.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+import yaml
+
+from . import cost_map
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class PriceSpec:
+    """USD per 1M tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    source: str = "config"  # or "litellm"
+
+
+@dataclass(frozen=True)
+class OpenAIBackendConfig:
+    name: str
+    base_url: str
+    api_key_env: str
+    api_key: str = field(default="", repr=False)
+    prices: Mapping[str, PriceSpec] = field(default_factory=dict)  # by upstream model
+    timeout_s: float = 600.0
+    max_connections: int = 1000
+    type: str = "openai"
+
+
+@dataclass(frozen=True)
+class SageMakerBackendConfig:
+    name: str
+    endpoint_name: str
+    region: str
+    instance_type: str
+    instance_count: int
+    hourly_price_usd: Decimal  # per instance
+    max_tokens_per_second: float  # per instance, capacity tokens (see routing_policies.EndpointSpec)
+    context_window: int
+    prompt_token_weight: float = 0.0
+    min_instances: int = 0
+    max_instances: int = 1
+    startup_s: float = 300.0
+    wire_format: str = "messages"  # or "tgi"
+    variant_name: str = "AllTraffic"
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME / AWS default
+    timeout_s: float = 600.0
+    max_connections: int = 1000
+    type: str = "sagemaker"
+
+
+BackendConfig = OpenAIBackendConfig | SageMakerBackendConfig
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    backend: str
+    upstream_model: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    routes: tuple[ModelRoute, ...]
+    kind: str = "chat"  # or "embeddings"
+    encoding: str | None = None  # tiktoken encoding override
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    policy: str = "first_healthy"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    capacity_interval_s: float = 5.0
+    allow_pinning: bool = True
+    dry_run: bool = True  # never change the endpoint, only recommend
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: frozenset[str] = field(default=frozenset(), repr=False)
+    admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    keys_env: str = "GATEWAY_API_KEYS"
+    admin_keys_env: str = "GATEWAY_ADMIN_KEYS"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    redis_url: str | None = None
+    key_prefix: str = "gw"
+    flush_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    backends: Mapping[str, BackendConfig]
+    models: Mapping[str, ModelConfig]
+    routing: RoutingConfig = RoutingConfig()
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
+    server: ServerConfig = ServerConfig()
+    path: str = "<memory>"
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    return value
+
+
+class _Reader:
+    """Typed access to one mapping of the file, naming the full key on error."""
+
+    def __init__(self, data: Any, where: str, file: str):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: {where}: expected a mapping, got {type(data).__name__}")
+        self.data, self.where, self.file = data, where, file
+        self.used: set[str] = set()
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.where}.{key}: {reason}" if self.where else f"{self.file}: {key}: {reason}")
+
+    def get(self, key: str, kind: type, default: Any = ..., choices: tuple | None = None, minimum=None):
+        self.used.add(key)
+        raw = self.data.get(key)
+        if raw is None or raw == "":
+            if default is ...:
+                raise self.error(key, "is required")
+            return default
+        try:
+            if kind is bool:
+                value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+            elif kind is Decimal:
+                value = Decimal(str(raw))
+            elif kind in (int, float):
+                value = kind(raw)
+            else:
+                value = kind(raw)
+        except (TypeError, ValueError, InvalidOperation):
+            raise self.error(key, f"expected {kind.__name__}, got {raw!r}") from None
+        if choices is not None and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be >= {minimum}, got {value!r}")
+        return value
+
+    def sub(self, key: str) -> "_Reader":
+        self.used.add(key)
+        return _Reader(self.data.get(key), f"{self.where}.{key}" if self.where else key, self.file)
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _prices(r: _Reader) -> PriceSpec:
+    spec = PriceSpec(
+        input=r.get("input", Decimal, minimum=0),
+        output=r.get("output", Decimal, minimum=0),
+        cached_input=r.get("cached_input", Decimal, None, minimum=0),
+    )
+    r.reject_unknown()
+    return spec
+
+
+def _openai_backend(name: str, r: _Reader, env: Mapping[str, str]) -> OpenAIBackendConfig:
+    if "api_key" in r.data:
+        raise r.error("api_key", "secrets must come from the environment: name the variable with api_key_env")
+    key_env = r.get("api_key_env", str, "OPENAI_API_KEY")
+    pr = r.sub("prices")
+    prices = {model: _prices(pr.sub(model)) for model in list(pr.data)}
+    cfg = OpenAIBackendConfig(
+        name=name,
+        base_url=r.get("base_url", str, "https://api.openai.com/v1").rstrip("/"),
+        api_key_env=key_env,
+        api_key=env.get(key_env, ""),
+        prices=prices,
+        timeout_s=r.get("timeout_s", float, 600.0, minimum=0.1),
+        max_connections=r.get("max_connections", int, 1000, minimum=1),
+    )
+    r.get("type", str)
+    r.reject_unknown()
+    return cfg
+
+
+def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
+    count = r.get("instance_count", int, 1, minimum=0)
+    cfg = SageMakerBackendConfig(
+        name=name,
+        endpoint_name=r.get("endpoint_name", str),
+        region=r.get("region", str),
+        instance_type=r.get("instance_type", str),
+        instance_count=count,
+        hourly_price_usd=r.get("hourly_price_usd", Decimal, minimum=0),
+        max_tokens_per_second=r.get("max_tokens_per_second", float, minimum=0.001),
+        context_window=r.get("context_window", int, minimum=1),
+        prompt_token_weight=r.get("prompt_token_weight", float, 0.0, minimum=0),
+        min_instances=r.get("min_instances", int, 0, minimum=0),
+        max_instances=r.get("max_instances", int, max(1, count), minimum=1),
+        startup_s=r.get("startup_s", float, 300.0, minimum=0),
+        wire_format=r.get("wire_format", str, "messages", choices=("messages", "tgi")),
+        variant_name=r.get("variant_name", str, "AllTraffic"),
+        endpoint_url=r.get("endpoint_url", str, None),
+        timeout_s=r.get("timeout_s", float, 600.0, minimum=0.1),
+        max_connections=r.get("max_connections", int, 1000, minimum=1),
+    )
+    if cfg.min_instances > cfg.max_instances:
+        raise r.error("min_instances", f"is above max_instances ({cfg.max_instances})")
+    r.get("type", str)
+    r.reject_unknown()
+    return cfg
+
+
+def _backends(r: _Reader, env: Mapping[str, str]) -> dict[str, BackendConfig]:
+    out: dict[str, BackendConfig] = {}
+    for name in list(r.data):
+        if "/" in str(name):
+            raise r.error(str(name), "a backend name cannot contain '/' (it is used for pinning)")
+        br = r.sub(name)
+        kind = br.get("type", str, choices=("openai", "sagemaker"))
+        out[name] = _openai_backend(name, br, env) if kind == "openai" else _sagemaker_backend(name, br)
+    if not out:
+        raise r.error("", "at least one backend is required")
+    return out
+
+
+def _models(r: _Reader, backends: Mapping[str, BackendConfig]) -> dict[str, ModelConfig]:
+    out = {}
+    for name in list(r.data):
+        mr = r.sub(name)
+        raw_routes = mr.data.get("backends")
+        mr.used.add("backends")
+        if not isinstance(raw_routes, list) or not raw_routes:
+            raise mr.error("backends", "a non-empty list of {backend, model} is required")
+        routes = []
+        for i, item in enumerate(raw_routes):
+            rr = _Reader(item, f"{mr.where}.backends[{i}]", r.file)
+            backend = rr.get("backend", str)
+            if backend not in backends:
+                raise rr.error("backend", f"no backend named {backend!r} (have: {', '.join(backends)})")
+            routes.append(ModelRoute(backend, rr.get("model", str, name)))
+            rr.reject_unknown()
+        kind = mr.get("kind", str, "chat", choices=("chat", "embeddings"))
+        if kind == "embeddings" and any(backends[x.backend].type != "openai" for x in routes):
+            raise mr.error("backends", "embeddings can only be served by openai backends")
+        out[name] = ModelConfig(name, tuple(routes), kind, mr.get("encoding", str, None))
+        mr.reject_unknown()
+    if not out:
+        raise r.error("", "at least one model is required")
+    return out
+
+
+def _fill_prices(backends: dict, models: Mapping[str, ModelConfig], file: str) -> dict:
+    """Every (openai backend, upstream model) pair gets a price: the file's, else litellm's."""
+    for model in models.values():
+        for route in model.routes:
+            b = backends[route.backend]
+            if b.type != "openai" or route.upstream_model in b.prices:
+                continue
+            found = cost_map.lookup_prices(route.upstream_model)
+            if found is None:
+                raise ConfigError(
+                    f"{file}: backends.{b.name}.prices.{route.upstream_model}: required "
+                    "(litellm's cost map has no price for this model)"
+                )
+            spec = PriceSpec(found["input"], found["output"], found["cached_input"], source="litellm")
+            backends[b.name] = _replace(b, prices={**b.prices, route.upstream_model: spec})
+    return backends
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def _keys(env: Mapping[str, str], var: str) -> frozenset[str]:
+    return frozenset(k.strip() for k in env.get(var, "").split(",") if k.strip())
+
+
+def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    env = os.environ if env is None else env
+    root = _Reader(_expand(data, env), "", path)
+    backends = _backends(root.sub("backends"), env)
+    models = _models(root.sub("models"), backends)
+    backends = _fill_prices(dict(backends), models, path)
+
+    rr = root.sub("routing")
+    from routing_policies import policy_names
+
+    routing = RoutingConfig(
+        policy=rr.get("policy", str, "first_healthy", choices=policy_names()),
+        params=dict(rr.sub("params").data),
+        capacity_interval_s=rr.get("capacity_interval_s", float, 5.0, minimum=0.1),
+        allow_pinning=rr.get("allow_pinning", bool, True),
+        dry_run=rr.get("dry_run", bool, True),
+    )
+    rr.reject_unknown()
+
+    ar = root.sub("auth")
+    keys_env = ar.get("keys_env", str, "GATEWAY_API_KEYS")
+    admin_env = ar.get("admin_keys_env", str, "GATEWAY_ADMIN_KEYS")
+    ar.reject_unknown()
+    auth = AuthConfig(_keys(env, keys_env), _keys(env, admin_env), keys_env, admin_env)
+
+    sr = root.sub("state")
+    state = StateConfig(
+        redis_url=sr.get("redis_url", str, None),
+        key_prefix=sr.get("key_prefix", str, "gw"),
+        flush_interval_s=sr.get("flush_interval_s", float, 1.0, minimum=0.05),
+    )
+    sr.reject_unknown()
+
+    vr = root.sub("server")
+    server = ServerConfig(
+        host=vr.get("host", str, "127.0.0.1"),
+        port=vr.get("port", int, 8080, minimum=0),
+        workers=vr.get("workers", int, 1, minimum=1),
+        access_log=vr.get("access_log", bool, True),
+    )
+    vr.reject_unknown()
+    root.reject_unknown()
+    return GatewayConfig(backends, models, routing, auth, state, server, path)
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(data, path, env)

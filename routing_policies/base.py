@@ -1,0 +1,166 @@
+"""The routing interface: numbers in, a decision out.
+
+Everything here is pure: no I/O, no clock reads (time arrives as ``now_s``), no
+imports from ``gateway``. The live gateway and the offline replay build the same
+frozen contexts and call the same policy objects, so a policy that wins in replay
+is exactly the code that runs in production.
+
+Usage::
+
+    policy = build_policy("break_even", {"hysteresis": 0.15})
+    decision = policy.route(RequestContext(...))
+    decision.backend, decision.reason      # -> "sagemaker", "endpoint_in_service"
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+
+API = "api"  # pay per token (OpenAI-compatible API)
+ENDPOINT = "endpoint"  # pay per instance-second (SageMaker real-time endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrices:
+    """API prices in USD per token (not per 1M): what one more token costs."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def request_cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return self.input * prompt_tokens + self.output * completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """One candidate backend for a request, as the gateway sees it right now.
+
+    ``kind`` is API or ENDPOINT. For an endpoint, ``instances_in_service`` is what
+    is running (and paid for) now, ``capacity_tps`` is per instance in capacity
+    tokens/second (see ``EndpointSpec.capacity_tokens``), ``load_tps`` is the
+    capacity tokens/second it is serving now, measured over a short window.
+    """
+
+    name: str
+    kind: str
+    healthy: bool = True
+    prices: TokenPrices | None = None  # API only
+    context_window: int | None = None  # endpoint only (tokens)
+    instances_in_service: int = 0
+    capacity_tps: float = 0.0
+    load_tps: float = 0.0
+
+    @property
+    def capacity_total_tps(self) -> float:
+        return self.instances_in_service * self.capacity_tps
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Per-request input. ``candidates`` keeps the model's configured order."""
+
+    model: str
+    prompt_tokens: int
+    max_tokens: int | None
+    candidates: tuple[BackendView, ...]
+    now_s: float = 0.0
+    expected_completion_tokens: float = 0.0  # recent mean for this model, tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    backend: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeWindow:
+    """Traffic seen over the last ``seconds`` (all replicas together)."""
+
+    seconds: float
+    requests: float
+    prompt_tokens: float
+    completion_tokens: float
+
+    def per_hour(self, value: float) -> float:
+        return value * 3600.0 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """Static economics of a self-hosted endpoint.
+
+    ``max_tokens_per_second`` is per instance, in capacity tokens: one completion
+    token counts 1, one prompt token counts ``prompt_token_weight`` (prefill is
+    far cheaper per token than decoding on a GPU).
+    """
+
+    hourly_price_usd: float  # per instance
+    max_tokens_per_second: float  # per instance, capacity tokens
+    prompt_token_weight: float = 0.0
+    min_instances: int = 0
+    max_instances: int = 1
+    startup_s: float = 300.0  # provisioning delay, billed
+    context_window: int | None = None
+
+    def capacity_tokens(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return completion_tokens + self.prompt_token_weight * prompt_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityContext:
+    """Input of the periodic capacity decision for one endpoint.
+
+    ``windows`` are the traffic of the models this endpoint could serve, shortest
+    window first; ``current_target`` and ``last_change_s`` are the previous
+    decision's, carried by the caller so that the policy stays stateless.
+    """
+
+    now_s: float
+    endpoint: EndpointSpec
+    api_prices: TokenPrices
+    windows: tuple[VolumeWindow, ...]
+    instances_in_service: int
+    current_target: int
+    last_change_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityDecision:
+    instances: int
+    reason: str
+    break_even_requests_per_hour: float | None = None  # None: the endpoint never pays off
+    expected_requests_per_hour: float = 0.0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RoutingPolicy(Protocol):
+    """A policy: one per-request decision and one periodic capacity decision."""
+
+    name: ClassVar[str]
+
+    def route(self, ctx: RequestContext) -> Decision: ...
+
+    def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision: ...
+
+
+_REGISTRY: dict[str, Callable[..., RoutingPolicy]] = {}
+
+
+def register(cls):
+    """Class decorator: make a policy buildable by its ``name`` from config."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def policy_names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def build_policy(name: str, params: Mapping[str, Any] | None = None) -> RoutingPolicy:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(policy_names())}") from None
+    return factory(**dict(params or {}))

@@ -1,0 +1,59 @@
+"""Small per-request rules that several policies share (pure functions)."""
+from __future__ import annotations
+
+from .base import API, ENDPOINT, BackendView, Decision, RequestContext
+
+
+def fits_context(view: BackendView, prompt_tokens: int, max_tokens: int | None) -> bool:
+    """An endpoint with a context window can only take prompt + requested output."""
+    if view.context_window is None:
+        return True
+    return prompt_tokens + (max_tokens or 0) <= view.context_window
+
+
+def in_service(view: BackendView) -> bool:
+    return view.kind != ENDPOINT or view.instances_in_service > 0
+
+
+def has_headroom(view: BackendView) -> bool:
+    """Below capacity right now (an endpoint past it only queues and times out)."""
+    if view.kind != ENDPOINT:
+        return True
+    return view.load_tps < view.capacity_total_tps
+
+
+def first_usable(ctx: RequestContext, kind: str | None = None) -> BackendView | None:
+    for view in ctx.candidates:
+        if (kind is None or view.kind == kind) and view.healthy:
+            return view
+    return None
+
+
+def endpoint_verdict(ctx: RequestContext) -> tuple[BackendView | None, str]:
+    """The first endpoint that can take this request now, or why none can.
+
+    The reasons are stable strings: they end up in headers, logs and a metric label.
+    """
+    reason = "no_endpoint"
+    for view in ctx.candidates:
+        if view.kind != ENDPOINT:
+            continue
+        if not view.healthy:
+            reason = "endpoint_unhealthy"
+        elif not fits_context(view, ctx.prompt_tokens, ctx.max_tokens):
+            reason = "context_too_long"
+        elif not in_service(view):
+            reason = "endpoint_not_in_service"
+        elif not has_headroom(view):
+            reason = "endpoint_at_capacity"
+        else:
+            return view, "endpoint_in_service"
+    return None, reason
+
+
+def fallback_to_api(ctx: RequestContext, reason: str) -> Decision:
+    api = first_usable(ctx, API)
+    if api is not None:
+        return Decision(api.name, reason)
+    any_view = first_usable(ctx) or ctx.candidates[0]
+    return Decision(any_view.name, "no_healthy_api")
