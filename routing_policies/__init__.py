@@ -2,7 +2,7 @@
 
 Importing the package registers every built-in policy by name.
 """
-from . import simple  # noqa: F401  (registers policies)
+from . import break_even, simple  # noqa: F401  (registers policies)
 from .base import (
     API,
     ENDPOINT,

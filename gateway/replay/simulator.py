@@ -1,0 +1,279 @@
+"""Replay a trace through a routing policy on a simulated clock and a simulated endpoint.
+
+The simulated world, and why it matches the live gateway:
+
+* Every ``capacity_interval_s`` of simulated time the policy's ``plan_capacity`` gets the
+  same ``CapacityContext`` the live gateway builds: volume windows (requests, prompt and
+  completion tokens of this model over the last 60 s, 300 s, 3600 s), instances in
+  service, the previous target and when it last changed. The simulated endpoint then
+  *follows* the decision, as if actuation were on: new instances are billed at once and
+  serve ``startup_s`` later; removed instances stop billing at once, youngest (still
+  starting) first.
+* Every request gets the same ``RequestContext`` (candidates in the model's configured
+  order). ``max_tokens`` is the request's completion tokens: the trace does not say what
+  the client asked for, and the completion is the least it must have allowed.
+* Endpoint load is capacity tokens admitted over the last ``load_window_s`` seconds. The
+  endpoint takes a request only if that load plus the request stays within
+  ``instances × max_tokens_per_second × load_window_s``; otherwise it goes to the API and
+  counts as refused. ``gateway.replay.optimum`` uses this exact admission rule.
+* Billing: every provisioned instance (starting or in service) per second at
+  ``hourly_price_usd / 3600``, from 0 to ``horizon_s``. API requests pay the
+  configured per-token prices (no cached-input discount: traces carry no cache data).
+
+Usage::
+
+    setup = setup_from_config(load_config("config.yaml"))
+    result = simulate(read_trace("trace.csv.gz"), build_policy("break_even"), setup)
+    result.spend_usd, result.endpoint_refused
+"""
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Callable
+
+from routing_policies import (
+    API, ENDPOINT, BackendView, CapacityContext, EndpointSpec, RequestContext, RoutingPolicy,
+    TokenPrices, VolumeWindow,
+)
+
+from .trace import Trace
+
+Progress = Callable[[int, int], None]  # (requests done, total)
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """The one model a trace replays: its API route, its endpoint, and the simulation knobs."""
+
+    model: str
+    api_name: str
+    endpoint_name: str
+    api_prices: TokenPrices  # USD per token
+    endpoint: EndpointSpec
+    api_first: bool = True  # candidates' configured order
+    capacity_interval_s: float = 5.0
+    windows_s: tuple[float, ...] = (60.0, 300.0, 3600.0)
+    load_window_s: float = 10.0
+    initial_instances: int | None = None  # None: endpoint.min_instances, in service at t=0
+
+    @property
+    def start_instances(self) -> int:
+        return self.endpoint.min_instances if self.initial_instances is None else self.initial_instances
+
+    def api_cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return self.api_prices.request_cost(prompt_tokens, completion_tokens)
+
+
+def setup_from_config(cfg, model: str | None = None, **knobs) -> ReplaySetup:
+    """The replay setup for ``model`` (default: the first chat model with an openai and a sagemaker route)."""
+    candidates = [m for m in cfg.models.values() if m.kind == "chat"]
+    if model is not None:
+        if model not in cfg.models:
+            raise ValueError(f"{cfg.path}: models.{model}: no such model (have: {', '.join(cfg.models)})")
+        candidates = [cfg.models[model]]
+    for m in candidates:
+        api = next((r for r in m.routes if cfg.backends[r.backend].type == "openai"), None)
+        ep = next((r for r in m.routes if cfg.backends[r.backend].type == "sagemaker"), None)
+        if api is None or ep is None:
+            continue
+        ab, eb = cfg.backends[api.backend], cfg.backends[ep.backend]
+        price = ab.prices[api.upstream_model]  # USD per 1M tokens, filled at config load
+        prices = TokenPrices(float(price.input) / 1e6, float(price.output) / 1e6,
+                             None if price.cached_input is None else float(price.cached_input) / 1e6)
+        spec = EndpointSpec(
+            hourly_price_usd=float(eb.hourly_price_usd), max_tokens_per_second=eb.max_tokens_per_second,
+            prompt_token_weight=eb.prompt_token_weight, min_instances=eb.min_instances,
+            max_instances=eb.max_instances, startup_s=eb.startup_s, context_window=eb.context_window,
+        )
+        api_first = m.routes.index(api) < m.routes.index(ep)
+        return ReplaySetup(m.name, ab.name, eb.name, prices, spec, api_first,
+                           capacity_interval_s=cfg.routing.capacity_interval_s, **knobs)
+    where = f"models.{model}" if model else "models"
+    raise ValueError(f"{cfg.path}: {where}: replay needs a chat model routed to both an openai and a sagemaker backend")
+
+
+def default_horizon(trace: Trace, step_s: float) -> float:
+    """End of billing: the last arrival rounded up to a whole ``step_s`` (at least one step)."""
+    last = trace.arrival_s[-1] if len(trace) else 0.0
+    return max(step_s, math.ceil((last + 1e-9) / step_s) * step_s)
+
+
+@dataclass
+class ReplayResult:
+    """What one policy spent on one trace (USD) and where the requests went."""
+
+    policy: str
+    params: dict
+    requests: int = 0
+    spend_usd: float = 0.0
+    api_spend_usd: float = 0.0
+    endpoint_spend_usd: float = 0.0
+    api_requests: int = 0
+    endpoint_requests: int = 0
+    api_prompt_tokens: int = 0
+    api_completion_tokens: int = 0
+    endpoint_prompt_tokens: int = 0
+    endpoint_completion_tokens: int = 0
+    endpoint_refused: int = 0  # requests the endpoint could not take (full), sent to the API
+    instance_hours: float = 0.0
+    instances_started: int = 0
+    horizon_s: float = 0.0
+    route_reasons: dict = field(default_factory=dict)
+    capacity_reasons: dict = field(default_factory=dict)  # reason -> number of capacity decisions
+    last_capacity: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def _windows(arr, cum_p, cum_c, now: float, windows_s) -> tuple[VolumeWindow, ...]:
+    hi = bisect_left(arr, now)
+    out = []
+    for s in windows_s:
+        lo = bisect_left(arr, now - s, 0, hi)
+        out.append(VolumeWindow(s, float(hi - lo), float(cum_p[hi] - cum_p[lo]), float(cum_c[hi] - cum_c[lo])))
+    return tuple(out)
+
+
+def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon_s: float | None = None,
+             params: dict | None = None, progress: Progress | None = None, chunk: int = 50_000) -> ReplayResult:
+    """Replay ``trace`` through ``policy``; see the module docstring for the model."""
+    t0 = time.perf_counter()
+    spec, prices = setup.endpoint, setup.api_prices
+    arr, pr, co = trace.arrival_s, trace.prompt_tokens, trace.completion_tokens
+    n = len(arr)
+    horizon = default_horizon(trace, setup.capacity_interval_s) if horizon_s is None else horizon_s
+    cum_p = [0, *accumulate(pr)]
+    cum_c = [0, *accumulate(co)]
+    windows_s = tuple(sorted(setup.windows_s))
+    res = ReplayResult(policy.name, dict(params or {}), requests=n, horizon_s=horizon)
+
+    api_view = BackendView(setup.api_name, API, True, prices)
+    ep_name, model = setup.endpoint_name, setup.model
+    ctx_window, tps, weight = spec.context_window, spec.max_tokens_per_second, spec.prompt_token_weight
+    load_w = setup.load_window_s
+    route, plan = policy.route, policy.plan_capacity
+    interval, startup = setup.capacity_interval_s, spec.startup_s
+    lo_inst, hi_inst = spec.min_instances, max(spec.min_instances, spec.max_instances)
+
+    # endpoint state
+    target = provisioned = serving = setup.start_instances
+    pending: deque[float] = deque()  # ready times of starting instances, oldest first
+    last_change = 0.0
+    inst_seconds = 0.0
+    last_bill = 0.0
+    started = 0
+    q_t: deque[float] = deque()  # admitted requests in the load window: arrival, capacity tokens
+    q_c: deque[float] = deque()
+    load = 0.0
+    exp_completion = 0.0
+    next_tick = 0.0
+    reasons: dict[str, int] = {}
+    cap_reasons: dict[str, int] = {}
+    last_decision = None
+    refused = 0
+    ep_req = ep_p = ep_c = 0
+
+    def tick(now: float) -> None:
+        nonlocal inst_seconds, last_bill, serving, provisioned, target, last_change, started
+        nonlocal exp_completion, last_decision
+        inst_seconds += provisioned * (now - last_bill)
+        last_bill = now
+        while pending and pending[0] <= now:
+            pending.popleft()
+            serving += 1
+        wins = _windows(arr, cum_p, cum_c, now, windows_s)
+        mid = wins[len(wins) // 2]
+        if mid.requests > 0:
+            exp_completion = mid.completion_tokens / mid.requests
+        d = plan(CapacityContext(now, spec, prices, wins, serving, target, last_change))
+        last_decision = d
+        cap_reasons[d.reason] = cap_reasons.get(d.reason, 0) + 1
+        new = min(max(d.instances, lo_inst), hi_inst)
+        if new == target:
+            return
+        target, last_change = new, now
+        if new > provisioned:
+            if startup <= 0:
+                serving += new - provisioned
+            else:
+                pending.extend([now + startup] * (new - provisioned))
+            started += new - provisioned
+        else:
+            drop = provisioned - new
+            while drop and pending:
+                pending.pop()
+                drop -= 1
+            serving -= drop
+        provisioned = new
+
+    done = 0
+    while done < n:
+        stop = min(n, done + chunk)
+        for i in range(done, stop):
+            t = arr[i]
+            while next_tick <= t:
+                tick(next_tick)
+                next_tick += interval
+            if pending and pending[0] <= t:
+                while pending and pending[0] <= t:
+                    pending.popleft()
+                    serving += 1
+            edge = t - load_w
+            while q_t and q_t[0] <= edge:
+                q_t.popleft()
+                load -= q_c.popleft()
+            if not q_t:
+                load = 0.0
+            p, c = pr[i], co[i]
+            ep_view = BackendView(ep_name, ENDPOINT, True, None, ctx_window, serving, tps, load / load_w)
+            cands = (api_view, ep_view) if setup.api_first else (ep_view, api_view)
+            d = route(RequestContext(model, p, c, cands, t, exp_completion))
+            reason = d.reason
+            if d.backend == ep_name:
+                cap = c + weight * p
+                if load + cap <= serving * tps * load_w:
+                    load += cap
+                    q_t.append(t)
+                    q_c.append(cap)
+                    ep_req += 1
+                    ep_p += p
+                    ep_c += c
+                else:
+                    reason = "endpoint_refused"
+                    refused += 1
+            elif reason == "endpoint_at_capacity":
+                refused += 1
+            reasons[reason] = reasons.get(reason, 0) + 1
+        done = stop
+        if progress is not None:
+            progress(done, n)
+
+    while next_tick < horizon:
+        tick(next_tick)
+        next_tick += interval
+    inst_seconds += provisioned * max(0.0, horizon - last_bill)
+
+    total_p, total_c = cum_p[-1], cum_c[-1]
+    res.endpoint_requests, res.endpoint_prompt_tokens, res.endpoint_completion_tokens = ep_req, ep_p, ep_c
+    res.api_requests = n - ep_req
+    res.api_prompt_tokens, res.api_completion_tokens = total_p - ep_p, total_c - ep_c
+    res.api_spend_usd = setup.api_cost(res.api_prompt_tokens, res.api_completion_tokens)
+    res.instance_hours = inst_seconds / 3600.0
+    res.endpoint_spend_usd = res.instance_hours * spec.hourly_price_usd
+    res.spend_usd = res.api_spend_usd + res.endpoint_spend_usd
+    res.endpoint_refused = refused
+    res.instances_started = started
+    res.route_reasons = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    res.capacity_reasons = dict(sorted(cap_reasons.items(), key=lambda kv: -kv[1]))
+    if last_decision is not None:
+        res.last_capacity = {
+            "instances": last_decision.instances, "reason": last_decision.reason,
+            "break_even_requests_per_hour": last_decision.break_even_requests_per_hour,
+            "expected_requests_per_hour": last_decision.expected_requests_per_hour,
+        }
+    res.elapsed_s = time.perf_counter() - t0
+    return res
