@@ -1,0 +1,151 @@
+"""Test-wide setup: offline environment, a loopback-only network guard, stand-in upstream fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import socket
+import sys
+
+# Set before anything imports litellm/tiktoken/botocore: each of these otherwise reaches for the
+# internet (price list, tokenizer downloads, IMDS) or for the developer's real AWS account.
+os.environ.update({
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_OFFLINE_MODE": "true",
+    "HF_HUB_OFFLINE": "1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+})
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "OPENAI_BASE_URL", "HTTP_PROXY",
+             "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    os.environ.pop(_var, None)
+# litellm's wheel carries tiktoken's encodings named as tiktoken's cache expects: plain tiktoken
+# then works offline. find_spec does not import litellm (which would cost ~3 s).
+_litellm = importlib.util.find_spec("litellm")
+if _litellm and _litellm.submodule_search_locations:
+    _tok = os.path.join(_litellm.submodule_search_locations[0], "litellm_core_utils", "tokenizers")
+    if os.path.isdir(_tok):
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", _tok)
+
+# uvloop opens sockets from C, out of the guard's sight; with it hidden, uvicorn/anyio/aiohttp
+# fall back to the stock asyncio loop, whose Python-level sockets the guard does see.
+sys.modules["uvloop"] = None  # type: ignore[assignment]
+
+import pytest  # noqa: E402
+
+# Import the stand-ins as "standins" under every pytest import mode (prepend, importlib, rootdir).
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from standins.openai_server import OpenAIStandIn  # noqa: E402
+from standins.sagemaker_server import SageMakerStandIn  # noqa: E402
+
+
+class NetworkAccessBlocked(ConnectionRefusedError):
+    """Raised instead of resolving or connecting to anything off this machine."""
+
+
+class NetworkGuard:
+    """Refuses DNS lookups and connections that are not loopback, and remembers each attempt.
+
+    Patches Python-level sockets only: code that connects from C (libcurl, grpc) or from a
+    subprocess is not covered.
+    """
+
+    LOCAL_NAMES = {"localhost", "localhost.", "ip6-localhost", "ip6-loopback"}
+
+    def __init__(self):
+        self.violations: list[str] = []
+        self._saved = {}
+
+    def is_local(self, host) -> bool:
+        if host is None:  # getaddrinfo(None, port): loopback for clients, the wildcard for bind
+            return True
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        if host.lower() in self.LOCAL_NAMES or host.lower().endswith(".localhost") or host in ("", "0.0.0.0", "::"):
+            return True
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False  # a name other than localhost: resolving it would query DNS
+        return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+    def _refuse(self, what: str):
+        self.violations.append(what)
+        raise NetworkAccessBlocked(f"network guard: tests may only reach loopback, refused {what}")
+
+    def install(self):
+        guard, real = self, self._saved
+        real.update(getaddrinfo=socket.getaddrinfo, gethostbyname=socket.gethostbyname,
+                    gethostbyname_ex=socket.gethostbyname_ex, connect=socket.socket.connect,
+                    connect_ex=socket.socket.connect_ex, sendto=socket.socket.sendto)
+
+        def getaddrinfo(host, *args, **kwargs):
+            if not guard.is_local(host):
+                guard._refuse(f"getaddrinfo({host!r})")
+            return real["getaddrinfo"](host, *args, **kwargs)
+
+        def by_name(fn):
+            def lookup(host):
+                if not guard.is_local(host):
+                    guard._refuse(f"{fn}({host!r})")
+                return real[fn](host)
+            return lookup
+
+        def checked(fn, arg_index):
+            def call(sock, *args):
+                address = args[arg_index]
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and not guard.is_local(address[0]):
+                    guard._refuse(f"{fn} to {address!r}")
+                return real[fn](sock, *args)
+            return call
+
+        socket.getaddrinfo = getaddrinfo
+        socket.gethostbyname, socket.gethostbyname_ex = by_name("gethostbyname"), by_name("gethostbyname_ex")
+        socket.socket.connect, socket.socket.connect_ex = checked("connect", 0), checked("connect_ex", 0)
+        socket.socket.sendto = checked("sendto", -1)  # UDP (DNS, statsd) sends without connect()
+
+    def uninstall(self):
+        for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+            setattr(socket, name, self._saved[name])
+        for name in ("connect", "connect_ex", "sendto"):
+            setattr(socket.socket, name, self._saved[name])
+
+
+_GUARD = NetworkGuard()
+_GUARD.install()  # at import, so collection-time imports are guarded too
+
+
+@pytest.fixture
+def network_guard() -> NetworkGuard:
+    """The installed guard; a test that provokes it on purpose clears `violations` itself."""
+    return _GUARD
+
+
+@pytest.fixture(autouse=True)
+def _no_network_escape():
+    """Fail a test that tried to leave loopback even if the code under test swallowed the error."""
+    _GUARD.violations.clear()
+    yield
+    if _GUARD.violations:
+        attempts, _GUARD.violations[:] = list(_GUARD.violations), []
+        pytest.fail(f"test tried to reach the network: {attempts}", pytrace=False)
+
+
+@pytest.fixture
+def openai_standin():
+    """A fresh OpenAI-compatible stand-in: `.base_url` (…/v1), `.api_key`, `.script()`, `.requests`."""
+    with OpenAIStandIn() as server:
+        yield server
+    assert not server.errors, f"the OpenAI stand-in itself crashed: {server.errors}"
+
+
+@pytest.fixture
+def sagemaker_standin():
+    """A fresh SageMaker runtime stand-in (endpoint "standin-endpoint", creds testing/testing, us-east-1)."""
+    with SageMakerStandIn() as server:
+        yield server
+    assert not server.errors, f"the SageMaker stand-in itself crashed: {server.errors}"
