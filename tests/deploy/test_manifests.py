@@ -1,0 +1,135 @@
+"""Deployment files: no Docker engine or cluster runs here, so check what can be checked offline.
+
+YAML parses; files the compose stack mounts or builds from exist; the files that must agree
+with each other do (ports, names, paths, the datasource uid); Kubernetes has its probes and
+scrape annotations; the ConfigMap's config loads with the gateway's own loader; Prometheus'
+config passes `promtool check config`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *(ROOT / "grafana").rglob("*.yaml")])
+# Packaging files the Dockerfile copies that another change adds; until then that test xfails.
+PENDING_BUILD_FILES = {"pyproject.toml", "constraints.txt"}
+SKIP_ENV = "GATEWAY_SKIP_PROMETHEUS"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def k8s(kind: str) -> dict:
+    docs = [d for p in K8S.glob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d]
+    found = [d for d in docs if d.get("kind") == kind]
+    assert found, f"no {kind} in {K8S}"
+    return found[0]
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path):
+    assert all(doc is not None for doc in yaml.safe_load_all(path.read_text())), f"{path}: empty document"
+
+
+def test_compose_references_existing_files():
+    compose = load(DEPLOY / "compose.yaml")
+    assert {"gateway", "redis", "prometheus", "grafana"} <= set(compose["services"])
+    for name, svc in compose["services"].items():
+        if "build" in svc:
+            context = DEPLOY / svc["build"]["context"]
+            assert (context / svc["build"]["dockerfile"]).is_file(), f"{name}: Dockerfile missing"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):  # a bind mount, relative to the compose file
+                assert (DEPLOY / source).exists(), f"{name}: mounts {source}, which does not exist"
+
+
+def test_dockerfile_copies_existing_files():
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    sources = [s for line in lines if line.startswith("COPY") and "--from" not in line for s in line.split()[1:-1]]
+    missing = {s for s in sources if not (ROOT / s).exists()}  # compose builds from the repository root
+    assert missing <= PENDING_BUILD_FILES, f"Dockerfile copies files that do not exist: {missing}"
+    if missing:
+        pytest.xfail(f"waiting for packaging files: {sorted(missing)}")
+
+
+def test_observability_files_agree():
+    """Grafana finds the dashboard and its datasource; Prometheus scrapes the gateway's port."""
+    compose = load(DEPLOY / "compose.yaml")
+    grafana_mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    provider = load(ROOT / "grafana/provisioning/dashboards/gateway.yaml")["providers"][0]
+    assert grafana_mounts["../grafana/dashboards"] == provider["options"]["path"]
+    assert grafana_mounts["../grafana/provisioning"] == "/etc/grafana/provisioning"
+
+    datasource = load(ROOT / "grafana/provisioning/datasources/prometheus.yaml")["datasources"][0]
+    dashboard = json.loads((ROOT / "grafana/dashboards/gateway.json").read_text())
+    ds_var = next(v for v in dashboard["templating"]["list"] if v["type"] == "datasource")
+    assert ds_var["current"]["value"] == datasource["uid"]
+
+    prom = load(DEPLOY / "prometheus/prometheus.yml")
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8080"]
+    assert "8080:8080" in compose["services"]["gateway"]["ports"]
+    # Grafana sizes $__rate_interval from this; a mismatch makes rate() panels read gaps.
+    assert datasource["jsonData"]["timeInterval"] == prom["global"]["scrape_interval"]
+
+
+def test_kubernetes_deployment():
+    dep = k8s("Deployment")
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(annotations["prometheus.io/port"]) == ports["http"] == 8080
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    secret = k8s("Secret")
+    assert {"OPENAI_API_KEY", "GATEWAY_API_KEYS"} <= set(secret["stringData"])
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in container["envFrom"]
+    config_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
+
+    service = k8s("Service")
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_kustomization_resources_exist():
+    for resource in load(K8S / "kustomization.yaml")["resources"]:
+        assert (K8S / resource).is_file(), resource
+
+
+def test_configmap_config_loads():
+    """The ConfigMap is a copy of config.yaml: it must still pass the gateway's own validation."""
+    config = yaml.safe_load(k8s("ConfigMap")["data"]["config.yaml"])
+    env = {"REDIS_URL": "redis://redis:6379/0", "OPENAI_API_KEY": "sk-test", "GATEWAY_API_KEYS": "k1"}
+    parsed = parse_config(config, str(K8S / "configmap.yaml"), env)
+    assert parsed.state.redis_url == env["REDIS_URL"]
+
+
+def test_prometheus_config_passes_promtool():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get(SKIP_ENV) == "1":
+            pytest.skip(f"promtool not installed and {SKIP_ENV}=1")
+        pytest.fail("`promtool` not found: apt-get install -y prometheus, or set GATEWAY_SKIP_PROMETHEUS=1",
+                    pytrace=False)
+    res = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"SUCCESS", res.stdout), res.stdout
