@@ -1,0 +1,199 @@
+"""``gateway replay`` and ``gateway make-trace``: argument parsing and output only.
+
+The console script (``gateway/cli.py``) dispatches ``gateway replay ...`` to
+``replay_main(argv)`` and ``gateway make-trace ...`` to ``make_trace_main(argv)``;
+until then: ``python -m gateway.replay.cli replay --trace FILE``.
+
+Examples::
+
+    gateway make-trace --hourly servegen_hourly.csv --shape-model m-large \\
+        --tokens-from normalized/azure2023_conv.csv.gz --days 14 --peak-per-hour 9000 \\
+        --seed 1 --out conv-14d.csv.gz
+    gateway replay --trace conv-14d.csv.gz --config config.yaml
+    gateway replay --trace conv-14d.csv.gz --policy break_even --policy always_api --json
+    gateway replay --trace conv-14d.csv.gz --sweep hysteresis=0.05,0.15,0.3 --sweep min_dwell_s=300,900
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import json
+import sys
+import time
+
+import yaml
+
+from routing_policies import build_policy, policy_names
+
+from .optimum import hindsight_optimum
+from .report import TextProgress, render_json, render_text, summarize
+from .simulator import default_horizon, setup_from_config, simulate
+from .synth import read_hourly, synthesize
+from .trace import TraceError, read_trace, write_trace
+
+
+def _value(text: str):
+    """``0.15`` → float, ``900`` → int, ``true`` → bool, anything else stays a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
+
+
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _accepts(name: str, key: str) -> bool:
+    from routing_policies.base import _REGISTRY
+
+    try:
+        params = inspect.signature(_REGISTRY[name]).parameters
+    except (TypeError, ValueError):
+        return False
+    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _params_for(name: str, cfg, overrides: dict) -> dict:
+    """Config's ``routing.params`` for the configured policy, then ``--param`` where the policy takes it."""
+    params = dict(cfg.routing.params) if name == cfg.routing.policy else {}
+    params.update({k: v for k, v in overrides.items() if _accepts(name, k)})
+    return params
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--trace", required=True, help="CSV (or .csv.gz) with arrival_s,prompt_tokens,completion_tokens")
+    parser.add_argument("--config", default="config.yaml", help="gateway config (prices, endpoint capacity)")
+    parser.add_argument("--model", help="model to replay as (default: first chat model with openai+sagemaker routes)")
+    parser.add_argument("--policy", action="append", choices=policy_names(),
+                        help="policy to replay (repeatable; default: all)")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE",
+                        help="policy parameter, applied to every asked policy that takes it (repeatable)")
+    parser.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                        help="try these values of a policy parameter (repeatable: a grid) and name the best")
+    parser.add_argument("--optimum-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="interval of the hindsight optimum's instance schedule (default 60)")
+    parser.add_argument("--load-window", type=float, default=10.0, metavar="SECONDS",
+                        help="window over which endpoint load is measured and capacity enforced (default 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when stderr is a terminal)")
+    return parser
+
+
+def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--hourly", required=True, help="CSV with model,hour,requests (e.g. servegen_hourly.csv)")
+    parser.add_argument("--shape-model", help="which model's hourly volume to follow (default: the file's first)")
+    parser.add_argument("--tokens-from", required=True, help="real per-request trace to sample token pairs from")
+    parser.add_argument("--start-hour", type=int, default=0, help="first hour of the shape to use (default 0)")
+    span = parser.add_mutually_exclusive_group()
+    span.add_argument("--days", type=float, help="length in days (default: the whole shape)")
+    span.add_argument("--hours", type=int, help="length in hours")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--scale", type=float, help="multiply the hourly volumes by this")
+    size.add_argument("--peak-per-hour", type=float, help="scale so the busiest hour expects this many requests")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
+    parser.add_argument("--out", required=True, help="output CSV; gzipped when it ends with .gz")
+    return parser
+
+
+def replay_main(argv: list[str]) -> int:
+    args = add_replay_arguments(argparse.ArgumentParser(
+        prog="gateway replay", description="Replay a request trace through routing policies and compare spend.",
+    )).parse_args(argv)
+    from gateway.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+        setup = setup_from_config(cfg, args.model, load_window_s=args.load_window)
+        trace = read_trace(args.trace)
+    except (ConfigError, TraceError, ValueError) as e:
+        print(f"gateway replay: {e}", file=sys.stderr)
+        return 2
+    if len(trace) == 0:
+        print(f"gateway replay: {args.trace}: no requests", file=sys.stderr)
+        return 2
+    overrides = {k: _value(v) for k, v in _key_values(args.param, "--param").items()}
+    sweep = {k: [_value(x) for x in v.split(",") if x.strip()] for k, v in _key_values(args.sweep, "--sweep").items()}
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+
+    runs: list[tuple[str, dict]] = []
+    if sweep:
+        name = args.policy[0] if args.policy and len(args.policy) == 1 else "break_even"
+        base = _params_for(name, cfg, overrides)
+        for combo in itertools.product(*sweep.values()):
+            runs.append((name, {**base, **dict(zip(sweep, combo))}))
+    else:
+        for name in args.policy or policy_names():
+            runs.append((name, _params_for(name, cfg, overrides)))
+
+    horizon = default_horizon(trace, args.optimum_interval)
+    started = time.perf_counter()
+    results = []
+    for name, params in runs:
+        try:
+            policy = build_policy(name, params)
+        except (TypeError, ValueError) as e:
+            print(f"gateway replay: policy {name} with {params}: {e}", file=sys.stderr)
+            return 2
+        bar = TextProgress(f"{name:>17}", sys.stderr) if show else None
+        results.append(simulate(trace, policy, setup, horizon_s=horizon, params=params,
+                                progress=bar.update if bar else None))
+        if bar:
+            bar.close()
+    optimum = hindsight_optimum(trace, setup, args.optimum_interval, horizon)
+    summary = summarize(trace, setup, results, optimum, sweep=bool(sweep),
+                        elapsed_s=time.perf_counter() - started)
+    print(render_json(summary) if args.json else render_text(summary))
+    return 0
+
+
+def make_trace_main(argv: list[str]) -> int:
+    args = add_make_trace_arguments(argparse.ArgumentParser(
+        prog="gateway make-trace",
+        description="Build a multi-day per-request trace: an hourly volume shape, scaled, with token "
+                    "pairs sampled from a real trace. Deterministic for a given --seed.",
+    )).parse_args(argv)
+    try:
+        hourly = read_hourly(args.hourly, args.shape_model)
+        pairs = read_trace(args.tokens_from).pairs()
+    except TraceError as e:
+        print(f"gateway make-trace: {e}", file=sys.stderr)
+        return 2
+    hours = args.hours if args.hours is not None else (
+        round(args.days * 24) if args.days is not None else len(hourly) - args.start_hour)
+    shape = hourly[args.start_hour:args.start_hour + hours]
+    if not shape or not pairs:
+        print("gateway make-trace: nothing to build (empty hour range or token trace)", file=sys.stderr)
+        return 2
+    try:
+        trace = synthesize(shape, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour,
+                           seed=args.seed, name=args.out)
+    except ValueError as e:
+        print(f"gateway make-trace: {e}", file=sys.stderr)
+        return 2
+    write_trace(args.out, trace)
+    print(f"{args.out}: {len(trace):,} requests over {len(shape)} h "
+          f"({len(trace) / len(shape):,.0f} req/h mean), seed {args.seed}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"replay": replay_main, "make-trace": make_trace_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m gateway.replay.cli {replay,make-trace} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

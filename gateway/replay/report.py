@@ -1,0 +1,182 @@
+"""Replay output: one summary mapping, rendered as a text table or as JSON.
+
+Money is simulated in floats; here it is rounded to micro-dollars (JSON) or cents (text).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+
+from routing_policies.capacity import (
+    TrafficMix, break_even_requests_per_hour, endpoint_ever_pays_off,
+    endpoint_usd_per_capacity_token_at_full, instance_capacity_per_hour,
+)
+
+from .optimum import Optimum
+from .simulator import ReplayResult, ReplaySetup
+from .trace import Trace
+
+_MONEY = ("spend_usd", "api_spend_usd", "endpoint_spend_usd")
+
+
+def _usd(x: float) -> float:
+    return round(x, 6)
+
+
+def economics(trace: Trace, setup: ReplaySetup) -> dict:
+    """The trace's whole-run mix priced on either side: does an instance ever pay off?"""
+    spec = setup.endpoint
+    mix = TrafficMix.from_totals(len(trace), sum(trace.prompt_tokens), sum(trace.completion_tokens),
+                                 max(trace.span_s, 1.0), spec, setup.api_prices)
+    be = break_even_requests_per_hour(spec, mix)
+    per_req = mix.capacity_tokens_per_request
+    return {
+        "api_usd_per_request": round(mix.api_usd_per_request, 9),
+        "capacity_tokens_per_request": round(per_req, 2),
+        "api_usd_per_1m_capacity_tokens": round(mix.api_usd_per_capacity_token * 1e6, 4),
+        "endpoint_usd_per_1m_capacity_tokens_at_full": round(endpoint_usd_per_capacity_token_at_full(spec) * 1e6, 4),
+        "endpoint_ever_pays_off": endpoint_ever_pays_off(spec, mix),
+        "break_even_requests_per_hour": None if be is None else round(be, 1),
+        "instance_capacity_requests_per_hour": round(instance_capacity_per_hour(spec) / per_req, 1) if per_req else None,
+    }
+
+
+def _result(r: ReplayResult, optimum: Optimum) -> dict:
+    d = asdict(r)
+    for key in _MONEY:
+        d[key] = _usd(d[key])
+    d["ratio_to_optimum"] = round(r.spend_usd / optimum.spend_usd, 4) if optimum.spend_usd > 0 else None
+    d["instance_hours"] = round(r.instance_hours, 4)
+    d["elapsed_s"] = round(r.elapsed_s, 2)
+    return d
+
+
+def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], optimum: Optimum,
+              sweep: bool = False, elapsed_s: float = 0.0) -> dict:
+    hours = Counter(int(t // 3600) for t in trace.arrival_s)
+    span_h = optimum.horizon_s / 3600.0
+    spec = setup.endpoint
+    opt = asdict(optimum)
+    opt.pop("schedule")
+    for key in _MONEY:
+        opt[key] = _usd(opt[key])
+    opt["instance_hours"] = round(opt["instance_hours"], 4)
+    opt["hours_at_instances"] = {str(k): round(v, 3) for k, v in opt.pop("hours_at").items()}
+    out = {
+        "trace": {
+            "path": trace.name, "requests": len(trace), "hours": round(span_h, 3),
+            "mean_requests_per_hour": round(len(trace) / span_h, 1),
+            "peak_requests_per_hour": max(hours.values(), default=0),
+            "prompt_tokens": sum(trace.prompt_tokens), "completion_tokens": sum(trace.completion_tokens),
+        },
+        "model": setup.model,
+        "api": {"backend": setup.api_name, "usd_per_1m_input": round(setup.api_prices.input * 1e6, 6),
+                "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6)},
+        "endpoint": {"backend": setup.endpoint_name, **asdict(spec)},
+        "capacity_interval_s": setup.capacity_interval_s,
+        "load_window_s": setup.load_window_s,
+        "economics": economics(trace, setup),
+        "results": [_result(r, optimum) for r in results],
+        "optimum": opt,
+        "elapsed_s": round(elapsed_s, 2),
+    }
+    if sweep and results:
+        best = min(results, key=lambda r: r.spend_usd)
+        out["best"] = {"policy": best.policy, "params": best.params, "spend_usd": _usd(best.spend_usd),
+                       "ratio_to_optimum": _result(best, optimum)["ratio_to_optimum"]}
+    out["recommendation"] = recommend(out)
+    return out
+
+
+def recommend(summary: dict) -> str:
+    """One paragraph a person can act on, from the economics and the replayed spend."""
+    eco, results, opt = summary["economics"], summary["results"], summary["optimum"]
+    model, ep = summary["model"], summary["endpoint"]
+    lines = []
+    if not eco["endpoint_ever_pays_off"]:
+        lines.append(
+            f"The endpoint never pays off on this traffic against {model} at these prices: a fully used "
+            f"instance costs ${eco['endpoint_usd_per_1m_capacity_tokens_at_full']:.4f} per 1M capacity tokens, "
+            f"the API charges ${eco['api_usd_per_1m_capacity_tokens']:.4f} for the same traffic. "
+            f"Keep the endpoint at min_instances ({ep['min_instances']}) and send everything to the API "
+            "(break_even does this, reason endpoint_never_pays_off)."
+        )
+    else:
+        lines.append(
+            f"One instance pays off above {eco['break_even_requests_per_hour']:,.0f} requests/hour "
+            f"(it serves up to ~{eco['instance_capacity_requests_per_hour']:,.0f}); this trace averages "
+            f"{summary['trace']['mean_requests_per_hour']:,.0f}, peaking at {summary['trace']['peak_requests_per_hour']:,} in an hour."
+        )
+    if results:
+        best = min(results, key=lambda r: r["spend_usd"])
+        ratio = best["ratio_to_optimum"]
+        vs = f", {100 * (ratio - 1):.1f}% above the hindsight optimum (${opt['spend_usd']:,.2f})" if ratio else ""
+        params = f" with {best['params']}" if best["params"] else ""
+        lines.append(f"Cheapest replayed policy: {best['policy']}{params} at ${best['spend_usd']:,.2f}{vs}.")
+        by_name = {r["policy"]: r for r in results}
+        if "break_even" in by_name and best["policy"] != "break_even":
+            be = by_name["break_even"]
+            lines.append(f"break_even spent ${be['spend_usd']:,.2f} ({be['ratio_to_optimum']}x the optimum).")
+    return " ".join(lines)
+
+
+def render_json(summary: dict) -> str:
+    return json.dumps(summary, indent=2, sort_keys=False)
+
+
+def render_text(summary: dict) -> str:
+    t, eco, opt = summary["trace"], summary["economics"], summary["optimum"]
+    api, ep = summary["api"], summary["endpoint"]
+    be = eco["break_even_requests_per_hour"]
+    out = [
+        f"trace {t['path']}: {t['requests']:,} requests over {t['hours']:.1f} h "
+        f"(mean {t['mean_requests_per_hour']:,.0f} req/h, busiest hour {t['peak_requests_per_hour']:,})",
+        f"model {summary['model']}: API {api['backend']} ${api['usd_per_1m_input']}/${api['usd_per_1m_output']} per 1M "
+        f"in/out; endpoint {ep['backend']} ${ep['hourly_price_usd']}/h per instance, "
+        f"{ep['max_tokens_per_second']:g} capacity tok/s, {ep['min_instances']}-{ep['max_instances']} instances, "
+        f"start-up {ep['startup_s']:g} s",
+        f"break-even: {'never (the endpoint never pays off)' if be is None else f'{be:,.0f} req/h'}; "
+        f"API ${eco['api_usd_per_1m_capacity_tokens']}/1M capacity tokens vs endpoint "
+        f"${eco['endpoint_usd_per_1m_capacity_tokens_at_full']}/1M at full use",
+        "",
+    ]
+    head = ("policy", "spend $", "API $", "endpoint $", "x optimum", "API req", "endpoint req",
+            "refused", "instance-h", "starts")
+    rows = [head]
+    for r in summary["results"]:
+        label = r["policy"] + (" " + ",".join(f"{k}={v}" for k, v in r["params"].items()) if r["params"] else "")
+        rows.append((label, f"{r['spend_usd']:,.2f}", f"{r['api_spend_usd']:,.2f}", f"{r['endpoint_spend_usd']:,.2f}",
+                     f"{r['ratio_to_optimum']:.3f}" if r["ratio_to_optimum"] else "-", f"{r['api_requests']:,}",
+                     f"{r['endpoint_requests']:,}", f"{r['endpoint_refused']:,}", f"{r['instance_hours']:,.1f}",
+                     f"{r['instances_started']:,}"))
+    rows.append((f"hindsight optimum ({opt['interval_s']:g} s)", f"{opt['spend_usd']:,.2f}", f"{opt['api_spend_usd']:,.2f}",
+                 f"{opt['endpoint_spend_usd']:,.2f}", "1.000", "", "", "", f"{opt['instance_hours']:,.1f}",
+                 f"{opt['instances_started']:,}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    for n, row in enumerate(rows):
+        out.append("  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(row)))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    if "best" in summary:
+        b = summary["best"]
+        out += ["", f"best: {b['policy']} {b['params']} at ${b['spend_usd']:,.2f} ({b['ratio_to_optimum']}x optimum)"]
+    out += ["", "recommendation: " + summary["recommendation"], f"(replayed in {summary['elapsed_s']:.1f} s)"]
+    return "\n".join(out)
+
+
+class TextProgress:
+    """A one-line progress bar for stderr: ``update(done, total)``, then ``close()``."""
+
+    def __init__(self, label: str, stream, width: int = 30):
+        self.label, self.stream, self.width = label, stream, width
+
+    def update(self, done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        fill = int(frac * self.width)
+        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (self.width - fill)}] {frac:4.0%} {done:,}/{total:,}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
