@@ -1,0 +1,139 @@
+"""Everything recorded once a request is over: cost, metrics, live volume, ledger, access log.
+
+One place so that a streamed, a plain, a failed and an abandoned request are all
+counted the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .cost import Usage, api_cost, display_usd, endpoint_share
+from .live_routing import LOAD_WINDOW_S
+
+_HOUR = Decimal(3600)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Filled in as the request goes; ``finish`` reads it."""
+
+    request_id: str
+    model: str  # the client-facing model name
+    kind: str  # chat | embeddings
+    started: float  # perf_counter
+    stream: bool = False
+    backend: str = ""
+    upstream_model: str = ""
+    reason: str = ""
+    prompt_tokens_counted: int = 0
+    status: int = 0
+    usage: Usage | None = None
+    upstream_s: float = 0.0  # time spent waiting on the upstream
+    ttft_s: float | None = None
+    client_gone: bool = False
+    error: str | None = None
+    cost: Decimal | None = field(default=None)
+    settled: bool = False
+
+
+class Accounting:
+    def __init__(self, config, metrics, store, access_log, endpoints, clock=time.time):
+        self.config = config
+        self.metrics = metrics
+        self.store = store
+        self.access_log = access_log
+        self.endpoints = endpoints
+        self.clock = clock
+        self._api_only_children: dict[str, object] = {}
+        # The API a model would use if there were no endpoint: for the savings counterfactual.
+        self._reference_prices = {}
+        for model in config.models.values():
+            for route in model.routes:
+                b = config.backends[route.backend]
+                if b.type == "openai":
+                    self._reference_prices[model.name] = b.prices[route.upstream_model]
+                    break
+
+    def cost_of(self, rec: RequestRecord, now: float) -> Decimal:
+        cfg = self.config.backends[rec.backend]
+        usage = rec.usage
+        if cfg.type == "openai":
+            return api_cost(cfg.prices[rec.upstream_model], usage)
+        status = self.endpoints[rec.backend]
+        per_second = cfg.hourly_price_usd * status.instances_in_service / _HOUR
+        w = self.store.volume().window(now, LOAD_WINDOW_S, backend=rec.backend)
+        mine = usage.completion_tokens + cfg.prompt_token_weight * usage.prompt_tokens
+        window = w.completion_tokens + cfg.prompt_token_weight * w.prompt_tokens
+        return endpoint_share(per_second, w.seconds, mine, window)
+
+    def settle(self, rec: RequestRecord) -> None:
+        """Count the request's traffic and price it (before headers that carry the cost go out)."""
+        if rec.settled:
+            return
+        rec.settled = True
+        if rec.usage is None or not rec.backend:
+            return
+        now = self.clock()
+        usage = rec.usage
+        self.store.record(rec.backend, rec.model, usage.prompt_tokens, usage.completion_tokens, now)
+        rec.cost = self.cost_of(rec, now)
+
+    def finish(self, rec: RequestRecord) -> None:
+        self.settle(rec)
+        now = self.clock()
+        total_s = time.perf_counter() - rec.started
+        backend = rec.backend or "none"
+        m = self.metrics.route(backend, rec.model)
+        m.status(rec.status).inc()
+        m.duration.observe(total_s)
+        m.overhead.observe(max(0.0, total_s - rec.upstream_s))
+        if rec.ttft_s is not None:
+            m.ttft.observe(rec.ttft_s)
+        usage = rec.usage
+        if usage is not None and rec.cost is not None:
+            m.prompt.inc(usage.prompt_tokens - usage.cached_tokens)
+            if usage.cached_tokens:
+                m.cached.inc(usage.cached_tokens)
+            m.completion.inc(usage.completion_tokens)
+            cost = rec.cost
+            m.attributed.inc(float(cost))
+            if self.config.backends[rec.backend].type == "openai":
+                m.spend.inc(float(cost))
+                self.store.add_spend(rec.backend, rec.model, cost)
+            ref = self._reference_prices.get(rec.model)
+            if ref is not None:
+                self._api_only(rec.model).inc(float(api_cost(ref, usage)))
+        if rec.reason:
+            m.reason(rec.reason).inc()
+        entry = {
+            "ts": round(now, 3),
+            "request_id": rec.request_id,
+            "kind": rec.kind,
+            "model": rec.model,
+            "backend": rec.backend,
+            "upstream_model": rec.upstream_model,
+            "route_reason": rec.reason,
+            "status": rec.status,
+            "stream": rec.stream,
+            "prompt_tokens": usage.prompt_tokens if usage else rec.prompt_tokens_counted,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "usage_source": ("upstream" if usage.from_upstream else "counted") if usage else None,
+            "cost_usd": display_usd(rec.cost) if rec.cost is not None else None,
+            "duration_ms": round(total_s * 1000, 3),
+            "upstream_ms": round(rec.upstream_s * 1000, 3),
+            "ttft_ms": round(rec.ttft_s * 1000, 3) if rec.ttft_s is not None else None,
+        }
+        if rec.client_gone:
+            entry["client_disconnected"] = True
+        if rec.error:
+            entry["error"] = rec.error
+        self.access_log.write(entry)
+
+    def _api_only(self, model: str):
+        c = self._api_only_children.get(model)
+        if c is None:
+            c = self._api_only_children[model] = self.metrics.api_only_cost.labels(model)
+        return c

@@ -1,0 +1,144 @@
+"""Builds the gateway from its parts: the one place where everything is wired.
+
+``create_app(config)`` returns a plain ASGI callable. Hot paths are looked up in
+a dict by (method, path); nothing is created at import time, so tests build as
+many independent apps (each with its own metrics registry) as they like.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from prometheus_client import CollectorRegistry
+
+from routing_policies import build_policy
+
+from .access_log import AccessLog
+from .accounting import Accounting
+from .asgi_io import send_bytes
+from .backends import build_backend
+from .config import GatewayConfig, load_config
+from .endpoint_clock import EndpointClock
+from .endpoint_state import EndpointStatus
+from .errors import GatewayError
+from .health import BackendHealth
+from .live_routing import LiveRouting
+from .metrics import GatewayMetrics
+from .ops_routes import OpsRoutes
+from .proxy import Proxy
+from .state import build_store
+
+log = logging.getLogger("gateway")
+TICK_S = 1.0
+
+
+class GatewayApp:
+    def __init__(self, config: GatewayConfig, registry=None, store=None, access_log=None, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.store = store if store is not None else build_store(config.state)
+        self.access_log = access_log if access_log is not None else AccessLog(enabled=config.server.access_log)
+        self.backends = {name: build_backend(cfg) for name, cfg in config.backends.items()}
+        self.endpoints = {
+            name: EndpointStatus(name, instances_in_service=cfg.instance_count, desired_instances=cfg.instance_count)
+            for name, cfg in config.backends.items() if cfg.type == "sagemaker"
+        }
+        self.health = BackendHealth()
+        policy = build_policy(config.routing.policy, config.routing.params)
+        self.live = LiveRouting(config, policy, self.store, self.endpoints, self.health)
+        self.accounting = Accounting(config, self.metrics, self.store, self.access_log, self.endpoints, clock)
+        self.endpoint_clock = EndpointClock(config, self.store, self.metrics, self.endpoints)
+        self.proxy = Proxy(config, self.backends, self.live, self.accounting, self.health)
+        ops = OpsRoutes(self)
+        self.routes = {
+            ("POST", "/v1/chat/completions"): self.proxy.chat,
+            ("POST", "/chat/completions"): self.proxy.chat,
+            ("POST", "/v1/embeddings"): self.proxy.embeddings,
+            ("POST", "/embeddings"): self.proxy.embeddings,
+            ("GET", "/v1/models"): ops.models,
+            ("GET", "/models"): ops.models,
+            ("GET", "/healthz"): ops.healthz,
+            ("GET", "/readyz"): ops.readyz,
+            ("GET", "/metrics"): ops.metrics,
+        }
+        self._paths = {path for _, path in self.routes}
+        self.started = False
+        self._ticker: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            handler = self.routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+            elif scope["path"] in self._paths:
+                await send_bytes(send, 405, GatewayError(405, f"Method {scope['method']} not allowed.").body())
+            else:
+                await send_bytes(send, 404, GatewayError(404, f"Unknown path {scope['path']}.").body())
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as e:  # noqa: BLE001 — reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(e).__name__}: {e}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        self.proxy.load_tokenizers()  # ~0.3 s per encoding: at start, not on the first request
+        await self.store.start()
+        for backend in self.backends.values():
+            await backend.start()
+        await self.tick()
+        self._ticker = asyncio.ensure_future(self._tick_forever())
+        self.started = True
+
+    async def shutdown(self) -> None:
+        self.started = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.tick()  # the endpoint's last seconds and the last deltas are not lost
+        await self.store.close()
+        for backend in self.backends.values():
+            await backend.close()
+        self.access_log.flush()
+
+    async def tick(self) -> None:
+        """Once a second: accrue endpoint time, sync shared state, refresh routing inputs."""
+        now = self.clock()
+        try:
+            await self.endpoint_clock.tick(now)
+        except Exception:  # noqa: BLE001 — the clock resumes from the shared marker next tick
+            log.exception("endpoint accrual failed")
+        try:
+            await self.store.sync(now)
+        except Exception:  # noqa: BLE001
+            log.exception("state sync failed")
+        self.live.refresh(now)
+        self.access_log.flush()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self.tick()
+
+
+def create_app(config: GatewayConfig, **parts) -> GatewayApp:
+    return GatewayApp(config, **parts)
+
+
+def app_from_env() -> GatewayApp:
+    """Factory for ``uvicorn --factory`` workers: the config path comes from ``GATEWAY_CONFIG``."""
+    return create_app(load_config(os.environ.get("GATEWAY_CONFIG", "config.yaml")))

@@ -1,0 +1,56 @@
+"""Small raw-ASGI helpers for the hot path (no framework objects per request)."""
+from __future__ import annotations
+
+from .errors import GatewayError
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+JSON = (b"content-type", b"application/json")
+
+
+async def read_body(receive, limit: int = MAX_BODY_BYTES) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "client disconnected before the request body was complete")
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise GatewayError(413, f"request body is larger than {limit} bytes")
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+async def send_bytes(send, status: int, body: bytes, headers: list | None = None, content_type=JSON) -> None:
+    h = [content_type, (b"content-length", str(len(body)).encode())]
+    if headers:
+        h.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send, err: GatewayError, headers: list | None = None) -> None:
+    await send_bytes(send, err.status, err.body(), headers)
+
+
+def header(scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+def bearer_token(scope) -> str | None:
+    """The key from ``Authorization: Bearer`` (or ``api-key``, as Azure-style clients send)."""
+    value = header(scope, b"authorization")
+    if value is not None:
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    value = header(scope, b"api-key")
+    return value.decode("latin-1") if value is not None else None

@@ -1,0 +1,140 @@
+"""Wire formats of the container behind a SageMaker endpoint, to and from OpenAI's.
+
+``messages``: the container speaks the OpenAI chat API itself (TGI, vLLM and LMI
+``messages`` API), so bodies pass through; streams arrive as AWS event-stream
+``PayloadPart`` frames whose payloads, joined, are the container's SSE bytes.
+``tgi``: the classic ``{"inputs", "parameters"}`` API; chat messages are folded
+into one prompt with a plain role-tagged template, answers are rebuilt as OpenAI
+chat completions.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+
+from ..errors import error_body
+from .base import UpstreamUnavailable
+
+
+async def event_stream_payloads(chunks):
+    """Yield the payload bytes of each ``PayloadPart``; raise on an exception frame."""
+    from botocore.eventstream import EventStreamBuffer
+
+    buf = EventStreamBuffer()
+    async for data in chunks:
+        buf.add_data(data)
+        for message in buf:
+            headers = message.headers
+            if headers.get(":message-type") == "exception" or headers.get(":message-type") == "error":
+                kind = headers.get(":exception-type") or headers.get(":error-code") or "ModelStreamError"
+                raise UpstreamUnavailable(f"endpoint stream failed: {kind}")
+            if message.payload:
+                yield message.payload
+
+
+class MessagesCodec:
+    def encode_request(self, body: bytes) -> bytes:
+        return body
+
+    def decode_response(self, raw: bytes, request_body: bytes) -> bytes:
+        return raw
+
+    def decode_stream(self, chunks, request_body: bytes):
+        return event_stream_payloads(chunks)
+
+    def error_body(self, status: int, raw: bytes) -> bytes:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            if isinstance(parsed.get("error"), dict):
+                return raw  # the container's own OpenAI-shaped error
+            msg = parsed.get("message") or parsed.get("Message")
+            if msg:
+                return error_body(f"SageMaker endpoint: {msg}", "upstream_error")
+        return error_body(f"SageMaker endpoint returned HTTP {status}", "upstream_error")
+
+
+_TGI_PARAMS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "stop": "stop",
+               "seed": "seed", "frequency_penalty": "repetition_penalty"}
+
+
+def _tgi_prompt(messages) -> str:
+    parts = []
+    for m in messages if isinstance(messages, list) else ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        parts.append(f"<|{m.get('role', 'user')}|>\n{content or ''}")
+    parts.append("<|assistant|>\n")
+    return "\n".join(parts)
+
+
+def _completion(request: dict, text: str, finish: str, completion_tokens: int | None) -> dict:
+    out = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", ""),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+    }
+    if completion_tokens is not None:
+        out["usage"] = {"completion_tokens": completion_tokens}
+    return out
+
+
+class TgiCodec(MessagesCodec):
+    def encode_request(self, body: bytes) -> bytes:
+        req = orjson.loads(body)
+        params = {"details": True}
+        for src, dst in _TGI_PARAMS.items():
+            if req.get(src) is not None:
+                params[dst] = req[src]
+        if isinstance(params.get("stop"), str):
+            params["stop"] = [params["stop"]]
+        return orjson.dumps({"inputs": _tgi_prompt(req.get("messages")), "parameters": params,
+                             "stream": bool(req.get("stream"))})
+
+    def decode_response(self, raw: bytes, request_body: bytes) -> bytes:
+        parsed = orjson.loads(raw)
+        item = parsed[0] if isinstance(parsed, list) and parsed else parsed
+        details = item.get("details") or {}
+        finish = "length" if details.get("finish_reason") == "length" else "stop"
+        return orjson.dumps(_completion(orjson.loads(request_body), item.get("generated_text", ""), finish,
+                                        details.get("generated_tokens")))
+
+    async def decode_stream(self, chunks, request_body: bytes):
+        request = orjson.loads(request_body)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": request.get("model", "")}
+        pending = b""
+        first = True
+        async for payload in event_stream_payloads(chunks):
+            pending += payload
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                event = orjson.loads(line[5:])
+                token = (event.get("token") or {})
+                delta = {"content": token.get("text", "")} if not token.get("special") else {}
+                if first:
+                    delta["role"] = "assistant"
+                    first = False
+                finish = None
+                if event.get("generated_text") is not None:
+                    reason = (event.get("details") or {}).get("finish_reason")
+                    finish = "length" if reason == "length" else "stop"
+                chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+_CODECS = {"messages": MessagesCodec, "tgi": TgiCodec}
+
+
+def codec_for(wire_format: str):
+    return _CODECS[wire_format]()

@@ -1,0 +1,82 @@
+"""``gateway`` console script: serve, replay, make-trace, check-config."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from .config import ConfigError, load_config
+
+
+def _serve(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="gateway serve", description="Run the OpenAI-compatible gateway.")
+    ap.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", "config.yaml"))
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"gateway: invalid config: {e}", file=sys.stderr)
+        return 2
+    host = args.host or cfg.server.host
+    port = cfg.server.port if args.port is None else args.port
+    workers = args.workers or cfg.server.workers
+    os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
+    if workers > 1:
+        # Every worker writes its samples here and /metrics merges them.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
+        if not cfg.state.redis_url:
+            print("gateway: note: without state.redis_url each worker keeps its own traffic volume; "
+                  "endpoint time is still counted once per worker set only with Redis", file=sys.stderr)
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _check_config(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="gateway check-config")
+    ap.add_argument("--config", default="config.yaml")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return 2
+    print(f"ok: {len(cfg.backends)} backends, {len(cfg.models)} models, policy {cfg.routing.policy}")
+    return 0
+
+
+def _replay(argv: list[str]) -> int:
+    from .replay.cli import replay_main
+
+    return replay_main(argv)
+
+
+def _make_trace(argv: list[str]) -> int:
+    from .replay.cli import make_trace_main
+
+    return make_trace_main(argv)
+
+
+COMMANDS = {"serve": _serve, "replay": _replay, "make-trace": _make_trace, "check-config": _check_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: gateway {serve,replay,make-trace,check-config} [options]  (--help on each)", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

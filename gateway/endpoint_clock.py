@@ -1,0 +1,32 @@
+"""Accrues what self-hosted endpoints cost: instances × hourly price over wall-clock time.
+
+Every process ticks, but each second is claimed from the shared store exactly
+once (``StateStore.claim_accrual``), so N workers or replicas count the
+endpoint's time once, not N times.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+_HOUR = Decimal(3600)
+
+
+class EndpointClock:
+    def __init__(self, config, store, metrics, endpoints):
+        self.config = config
+        self.store = store
+        self.endpoints = endpoints
+        self._spend = {name: metrics.spend.labels(name, "") for name in endpoints}
+        self.accrued_usd: dict[str, Decimal] = {name: Decimal(0) for name in endpoints}
+
+    async def tick(self, now: float) -> None:
+        for name, status in self.endpoints.items():
+            seconds = await self.store.claim_accrual(f"endpoint:{name}", now)
+            if seconds <= 0:
+                continue
+            cfg = self.config.backends[name]
+            usd = Decimal(repr(seconds)) * cfg.hourly_price_usd * status.instances_in_service / _HOUR
+            if usd:
+                self.accrued_usd[name] += usd
+                self._spend[name].inc(float(usd))
+                self.store.add_spend(name, "", usd)

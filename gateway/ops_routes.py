@@ -1,0 +1,51 @@
+"""Operational endpoints: health, readiness, metrics, the model list."""
+from __future__ import annotations
+
+import os
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .asgi_io import bearer_token, send_bytes
+from .errors import GatewayError
+
+
+class OpsRoutes:
+    def __init__(self, app):
+        self.app = app
+
+    async def healthz(self, scope, receive, send) -> None:
+        await send_bytes(send, 200, b'{"status":"ok"}')
+
+    async def readyz(self, scope, receive, send) -> None:
+        app = self.app
+        ready = app.started and app.store.healthy
+        body = {"ready": ready, "state_store": app.store.kind, "state_store_healthy": app.store.healthy,
+                "endpoints": {n: s.status for n, s in app.endpoints.items()}}
+        await send_bytes(send, 200 if ready else 503, orjson.dumps(body))
+
+    async def metrics(self, scope, receive, send) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            data = generate_latest(registry)
+        else:
+            data = generate_latest(self.app.registry)
+        await send_bytes(send, 200, data, content_type=(b"content-type", CONTENT_TYPE_LATEST.encode()))
+
+    async def models(self, scope, receive, send) -> None:
+        cfg = self.app.config
+        if cfg.auth.keys and bearer_token(scope) not in cfg.auth.keys:
+            err = GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
+            await send_bytes(send, 401, err.body())
+            return
+        data = []
+        for model in cfg.models.values():
+            data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "gateway"})
+            if cfg.routing.allow_pinning:
+                for route in model.routes:
+                    data.append({"id": f"{route.backend}/{model.name}", "object": "model", "created": 0,
+                                 "owned_by": route.backend})
+        await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}))

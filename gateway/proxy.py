@@ -1,0 +1,316 @@
+"""The OpenAI-compatible request path: parse → count → route → forward → record.
+
+Raw ASGI on purpose: on one core a FastAPI route costs about twice the whole
+budget of a raw handler (3.8k vs 7.4k req/s measured through the same upstream).
+Bodies are forwarded as the client sent them unless the model name or
+``stream_options`` must change, and upstream answers are passed through as bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import orjson
+
+from .accounting import RequestRecord
+from .asgi_io import JSON, bearer_token, read_body, send_bytes, send_error
+from .backends import UpstreamUnavailable
+from .cost import Usage, display_usd, usage_from_openai
+from .errors import GatewayError, bad_request, upstream_error_body
+from .tokens import TokenCounter
+
+SSE = (b"content-type", b"text/event-stream")
+NO_CACHE = (b"cache-control", b"no-cache")
+
+
+def _request_id() -> str:
+    return "gw-" + os.urandom(8).hex()
+
+
+def _parse(body: bytes) -> dict:
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(req, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return req
+
+
+def _check_chat(req: dict) -> tuple[bool, int | None]:
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array.", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
+    stream = req.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", param="stream")
+    max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise bad_request("'max_tokens' must be a positive integer.", param="max_tokens")
+    so = req.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise bad_request("'stream_options' must be an object.", param="stream_options")
+    return bool(stream), max_tokens
+
+
+def _map_upstream_status(status: int) -> int:
+    if status in (401, 403):
+        return 502  # the gateway's own upstream credentials were refused: not the client's fault
+    if status >= 500 and status not in (503, 504):
+        return 502
+    return status
+
+
+async def _wait_disconnect(receive, on_gone) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            on_gone()
+            return
+
+
+class Proxy:
+    def __init__(self, config, backends, live, accounting, health):
+        self.config = config
+        self.backends = backends
+        self.live = live
+        self.accounting = accounting
+        self.health = health
+        self._counters: dict[str, TokenCounter] = {}
+
+    # -- shared steps --------------------------------------------------------
+    def _authorize(self, scope) -> None:
+        keys = self.config.auth.keys
+        if keys and bearer_token(scope) not in keys:
+            raise GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
+
+    def _resolve(self, req: dict, kind: str):
+        name = req.get("model")
+        if not isinstance(name, str) or not name:
+            raise bad_request("You must provide a model parameter.", param="model")
+        models = self.config.models
+        model = models.get(name)
+        pinned = None
+        if model is None and self.config.routing.allow_pinning and "/" in name:
+            backend, _, rest = name.partition("/")
+            model = models.get(rest)
+            if model is not None and any(r.backend == backend for r in model.routes):
+                pinned = backend
+            else:
+                model = None
+        if model is None:
+            raise GatewayError(404, f"The model `{name}` does not exist or you do not have access to it.",
+                               param="model", code="model_not_found")
+        if model.kind != kind:
+            raise bad_request(f"The model `{name}` does not support this endpoint.", param="model")
+        return model, pinned
+
+    def _counter(self, model) -> TokenCounter:
+        c = self._counters.get(model.name)
+        if c is None:
+            c = self._counters[model.name] = TokenCounter.for_model(model.routes[0].upstream_model, model.encoding)
+        return c
+
+    def load_tokenizers(self) -> None:
+        for model in self.config.models.values():
+            self._counter(model)
+
+    def _plan(self, model, pinned, decision_backend: str) -> list:
+        """The chosen route first, then one other backend to fail over to (not when pinned)."""
+        routes = {r.backend: r for r in model.routes}
+        order = [routes[decision_backend]]
+        if pinned is None:
+            order += [r for r in model.routes if r.backend != decision_backend and self.health.usable(r.backend)][:1]
+        return order
+
+    @staticmethod
+    def _upstream_body(req: dict, raw: bytes, upstream_model: str, stream: bool) -> bytes:
+        changes = {}
+        if req.get("model") != upstream_model:
+            changes["model"] = upstream_model
+        if stream:
+            so = req.get("stream_options") or {}
+            if not so.get("include_usage"):
+                changes["stream_options"] = {**so, "include_usage": True}
+        return orjson.dumps({**req, **changes}) if changes else raw
+
+    def _headers(self, rec: RequestRecord, final: bool) -> list:
+        h = [
+            (b"x-request-id", rec.request_id.encode()),
+            (b"x-gateway-backend", rec.backend.encode()),
+            (b"x-gateway-route-reason", rec.reason.encode()),
+        ]
+        if final and rec.usage is not None:
+            h.append((b"x-gateway-prompt-tokens", str(rec.usage.prompt_tokens).encode()))
+            h.append((b"x-gateway-completion-tokens", str(rec.usage.completion_tokens).encode()))
+            if rec.cost is not None:
+                h.append((b"x-gateway-cost-usd", display_usd(rec.cost).encode()))
+        else:
+            h.append((b"x-gateway-prompt-tokens", str(rec.prompt_tokens_counted).encode()))
+        return h
+
+    async def _fail(self, send, rec: RequestRecord, err: GatewayError) -> None:
+        rec.status = err.status
+        rec.error = err.message
+        self.accounting.finish(rec)
+        await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
+
+    async def _call(self, rec, model, pinned, req, raw, stream, call):
+        """Send to the chosen backend, failing over once if it cannot be reached."""
+        plan = self._plan(model, pinned, rec.backend)
+        for i, route in enumerate(plan):
+            rec.backend, rec.upstream_model = route.backend, route.upstream_model
+            body = self._upstream_body(req, raw, route.upstream_model, stream)
+            t0 = time.perf_counter()
+            try:
+                reply = await call(self.backends[route.backend], body)
+            except UpstreamUnavailable as e:
+                rec.upstream_s += time.perf_counter() - t0
+                self.health.failed(route.backend)
+                if i + 1 < len(plan):
+                    rec.reason = f"failover_{route.backend}_unreachable"
+                    continue
+                raise GatewayError(504 if e.timeout else 502, str(e), type="upstream_error") from None
+            rec.upstream_s += time.perf_counter() - t0
+            self.health.succeeded(route.backend)
+            return reply
+        raise AssertionError("unreachable: plan is never empty")
+
+    # -- POST /v1/chat/completions ---------------------------------------------
+    async def chat(self, scope, receive, send) -> None:
+        rec = RequestRecord(_request_id(), "unknown", "chat", time.perf_counter())
+        try:
+            self._authorize(scope)
+            raw = await read_body(receive)
+            req = _parse(raw)
+            stream, max_tokens = _check_chat(req)
+            model, pinned = self._resolve(req, "chat")
+            rec.model, rec.stream = model.name, stream
+            counter = self._counter(model)
+            rec.prompt_tokens_counted = counter.chat(req)
+            decision = self.live.decide(model.name, pinned, rec.prompt_tokens_counted, max_tokens, time.time())
+            rec.backend, rec.reason = decision.backend, decision.reason
+            reply = await self._call(rec, model, pinned, req, raw, stream,
+                                     lambda b, body: b.chat(body, stream))
+        except GatewayError as e:
+            await self._fail(send, rec, e)
+            return
+        if reply.status >= 300:
+            await self._relay_error(send, rec, reply)
+        elif stream:
+            await self._stream(receive, send, rec, req, counter, reply)
+        else:
+            await self._plain(send, rec, counter, reply, _chat_text)
+
+    async def _relay_error(self, send, rec, reply) -> None:
+        rec.status = _map_upstream_status(reply.status)
+        rec.error = f"upstream HTTP {reply.status}"
+        self.accounting.finish(rec)
+        await send_bytes(send, rec.status, upstream_error_body(reply.status, reply.body), self._headers(rec, False))
+
+    async def _plain(self, send, rec, counter, reply, text_of) -> None:
+        try:
+            parsed = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
+            return
+        found = usage_from_openai(parsed.get("usage"))
+        if found is not None:
+            prompt = found[0] if found[0] >= 0 else rec.prompt_tokens_counted
+            rec.usage = Usage(prompt, found[1], found[2], from_upstream=found[0] >= 0)
+        else:
+            rec.usage = Usage(rec.prompt_tokens_counted, counter.text(text_of(parsed)), 0, False)
+        rec.status = 200
+        self.accounting.settle(rec)
+        await send_bytes(send, 200, reply.body, self._headers(rec, True))
+        self.accounting.finish(rec)
+
+    async def _stream(self, receive, send, rec, req, counter, reply) -> None:
+        from .sse_tap import SseTap
+
+        so = req.get("stream_options") or {}
+        tap = SseTap(strip_usage=not so.get("include_usage"))
+        rec.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": [SSE, NO_CACHE, *self._headers(rec, False)]})
+
+        def gone():
+            rec.client_gone = True
+            if reply.close is not None:
+                reply.close()
+
+        watcher = asyncio.ensure_future(_wait_disconnect(receive, gone))
+        tail = b""
+        try:
+            waited = time.perf_counter()
+            async for chunk in reply.chunks:
+                now = time.perf_counter()
+                rec.upstream_s += now - waited
+                out = tap.feed(chunk)
+                if out:
+                    if rec.ttft_s is None:
+                        rec.ttft_s = now - rec.started
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if rec.client_gone:
+                    break
+                waited = time.perf_counter()
+            tail = tap.flush()
+        except UpstreamUnavailable as e:
+            if not rec.client_gone:
+                rec.error = str(e)
+                err = GatewayError(502, str(e), type="upstream_error")
+                tail = tap.flush() + b"data: " + err.body() + b"\n\n"
+        except Exception as e:  # noqa: BLE001 — a broken stream must still be accounted
+            if not rec.client_gone:
+                rec.error = f"stream failed: {type(e).__name__}"
+        finally:
+            watcher.cancel()
+            if tap.usage is not None:
+                p, c, cached = tap.usage
+                rec.usage = Usage(p if p >= 0 else rec.prompt_tokens_counted, c, cached, from_upstream=p >= 0)
+            else:
+                rec.usage = Usage(rec.prompt_tokens_counted, counter.text(tap.generated_text()), 0, False)
+            self.accounting.finish(rec)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # -- POST /v1/embeddings ---------------------------------------------------
+    async def embeddings(self, scope, receive, send) -> None:
+        rec = RequestRecord(_request_id(), "unknown", "embeddings", time.perf_counter())
+        try:
+            self._authorize(scope)
+            raw = await read_body(receive)
+            req = _parse(raw)
+            if req.get("input") in (None, "", []):
+                raise bad_request("'input' must be a non-empty string or array.", param="input")
+            model, pinned = self._resolve(req, "embeddings")
+            rec.model = model.name
+            counter = self._counter(model)
+            rec.prompt_tokens_counted = counter.embedding_input(req.get("input"))
+            decision = self.live.decide(model.name, pinned, rec.prompt_tokens_counted, None, time.time())
+            rec.backend, rec.reason = decision.backend, decision.reason
+            reply = await self._call(rec, model, pinned, req, raw, False,
+                                     lambda b, body: b.embeddings(body))
+        except GatewayError as e:
+            await self._fail(send, rec, e)
+            return
+        if reply.status >= 300:
+            await self._relay_error(send, rec, reply)
+        else:
+            await self._plain(send, rec, counter, reply, lambda parsed: "")
+
+
+def _chat_text(parsed: dict) -> str:
+    parts = []
+    for choice in parsed.get("choices") or ():
+        msg = choice.get("message") or {} if isinstance(choice, dict) else {}
+        if isinstance(msg.get("content"), str):
+            parts.append(msg["content"])
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+    return "".join(parts)

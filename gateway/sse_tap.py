@@ -1,0 +1,86 @@
+"""Watch an OpenAI SSE stream on its way to the client, without holding it back.
+
+Complete events are forwarded as soon as their closing blank line arrives. The
+tap keeps them to learn the completion's usage at the end: from the upstream's
+usage chunk when there is one, else by counting the generated text (a stream
+without usage, a client that left early). When the gateway asked the upstream
+for a usage chunk the client did not ask for, that chunk is withheld: clients
+that index ``choices[0]`` on every chunk break on it.
+"""
+from __future__ import annotations
+
+import orjson
+
+from .cost import usage_from_openai
+
+_SEP = b"\n\n"
+
+
+class SseTap:
+    __slots__ = ("_pending", "events", "usage", "_strip_usage")
+
+    def __init__(self, strip_usage: bool):
+        self._pending = b""
+        self.events: list[bytes] = []
+        self.usage: tuple[int, int, int] | None = None
+        self._strip_usage = strip_usage
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes to forward now (whole events only)."""
+        if self._pending:
+            data = self._pending + data
+        cut = data.rfind(_SEP)
+        if cut < 0:
+            self._pending = data
+            return b""
+        cut += 2
+        self._pending = data[cut:]
+        ready = data[:cut]
+        if b'"usage"' in ready:
+            ready = self._take_usage(ready)
+        self.events.append(ready)
+        return ready
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream closes (an unterminated last event)."""
+        rest, self._pending = self._pending, b""
+        if rest:
+            self.events.append(rest)
+        return rest
+
+    def _take_usage(self, ready: bytes) -> bytes:
+        kept = []
+        for event in ready.split(_SEP):
+            if b'"usage"' in event and event.startswith(b"data:"):
+                try:
+                    parsed = orjson.loads(event[5:])
+                except orjson.JSONDecodeError:
+                    parsed = None
+                found = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+                if found is not None:
+                    self.usage = found
+                    if self._strip_usage and not parsed.get("choices"):
+                        continue
+            kept.append(event)
+        return _SEP.join(kept)
+
+    def generated_text(self) -> str:
+        """Concatenated content, tool-call arguments and refusals of every choice seen."""
+        parts: list[str] = []
+        for block in self.events:
+            for event in block.split(_SEP):
+                if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
+                    continue
+                try:
+                    parsed = orjson.loads(event[5:])
+                except orjson.JSONDecodeError:
+                    continue
+                for choice in parsed.get("choices") or () if isinstance(parsed, dict) else ():
+                    delta = choice.get("delta") or {}
+                    for key in ("content", "refusal", "reasoning_content"):
+                        if isinstance(delta.get(key), str):
+                            parts.append(delta[key])
+                    for call in delta.get("tool_calls") or ():
+                        fn = call.get("function") or {}
+                        parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+        return "".join(parts)

@@ -1,0 +1,5 @@
+"""Live state stores, chosen by config: in-process, or Redis shared by every replica."""
+from . import memory  # noqa: F401  (register)
+from .base import StateStore, build_store
+
+__all__ = ["StateStore", "build_store"]

@@ -1,0 +1,66 @@
+"""Sliding-window traffic counts in fixed buckets (requests, prompt and completion tokens).
+
+Buckets are ``BUCKET_S`` wide and keyed by ``int(now // BUCKET_S)``; a window of
+``seconds`` sums the buckets that end inside it. The same bucket numbers are used
+as Redis keys, so every replica agrees on which bucket a second belongs to.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from routing_policies import VolumeWindow
+
+BUCKET_S = 10
+HORIZON_S = 3600  # the longest window anyone reads
+WINDOWS_S = (60, 300, 3600)
+
+Key = tuple[str, str]  # (backend, model)
+Counts = list  # [requests, prompt_tokens, completion_tokens]
+
+
+def bucket_of(now: float) -> int:
+    return int(now // BUCKET_S)
+
+
+@dataclass
+class VolumeBuckets:
+    """bucket number -> (backend, model) -> [requests, prompt, completion]."""
+
+    buckets: dict[int, dict[Key, Counts]] = field(default_factory=dict)
+
+    def add(self, bucket: int, key: Key, requests: float, prompt: float, completion: float) -> None:
+        row = self.buckets.setdefault(bucket, {}).get(key)
+        if row is None:
+            self.buckets[bucket][key] = [requests, prompt, completion]
+        else:
+            row[0] += requests
+            row[1] += prompt
+            row[2] += completion
+
+    def merge(self, other: "VolumeBuckets") -> None:
+        for b, rows in other.buckets.items():
+            for key, (r, p, c) in rows.items():
+                self.add(b, key, r, p, c)
+
+    def prune(self, now: float) -> None:
+        oldest = bucket_of(now) - HORIZON_S // BUCKET_S - 1
+        for b in [b for b in self.buckets if b < oldest]:
+            del self.buckets[b]
+
+    def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None) -> VolumeWindow:
+        """Traffic of the last ``seconds`` (whole buckets, the current one included)."""
+        current = bucket_of(now)
+        first = current - max(1, int(seconds // BUCKET_S)) + 1
+        r = p = c = 0.0
+        for b in range(first, current + 1):
+            rows = self.buckets.get(b)
+            if not rows:
+                continue
+            for (kb, km), row in rows.items():
+                if (backend is None or kb == backend) and (model is None or km == model):
+                    r += row[0]
+                    p += row[1]
+                    c += row[2]
+        # the current bucket is partly elapsed: measure the window by what has elapsed
+        span = (current - first) * BUCKET_S + (now - current * BUCKET_S)
+        return VolumeWindow(seconds=max(span, 1.0), requests=r, prompt_tokens=p, completion_tokens=c)
