@@ -205,6 +205,9 @@ def test_spiky_traffic_around_a_threshold_does_not_flap():
     rates = [v * (1.4 if (t // 60) % 2 == 0 else 0.6) for t in range(4 * 3600)]
     targets = drive(build_policy("break_even"), rates, len(rates))
     assert changes(targets[120:]) <= 1  # after the first ramp-up: at most one settling step
+    # the same traffic does flap a policy without its brakes: the test can tell
+    naive = build_policy("break_even", {"hysteresis": 0, "min_dwell_s": 0, "forecast_window_s": 60})
+    assert changes(drive(naive, rates, len(rates))) > 50
 
 
 def test_noisy_traffic_around_a_threshold_does_not_flap():
