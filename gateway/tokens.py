@@ -19,6 +19,9 @@ from .cost_map import litellm_dir
 DEFAULT_ENCODING = "o200k_base"
 _LOCK = threading.Lock()
 _ENCODINGS: dict = {}
+# Per-function overhead of ``tools``: the cookbook measured 7 for gpt-4o-class models
+# (o200k_base) and 10 for gpt-3.5-turbo/gpt-4 (cl100k_base).
+_FUNCTION_INIT = {"cl100k_base": 10}
 # Conversations resend their whole history every turn: most message texts were
 # counted moments ago. Keyed by (hash, length) so the cache holds no text.
 _CACHE: dict[tuple[str, int, int], int] = {}
@@ -135,7 +138,7 @@ class TokenCounter:
         return n
 
     def tools(self, tools) -> int:
-        """Function definitions, per the cookbook's formula for gpt-4o-class models."""
+        """Function definitions, per the cookbook's formula (``num_tokens_for_tools``)."""
         if not isinstance(tools, list) or not tools:
             return 0
         n = 0
@@ -143,7 +146,7 @@ class TokenCounter:
             fn = tool.get("function", tool) if isinstance(tool, dict) else None
             if not isinstance(fn, dict):
                 continue
-            n += 7
+            n += _FUNCTION_INIT.get(self.name, 7)
             desc = str(fn.get("description") or "").removesuffix(".")
             n += self.text(f"{fn.get('name', '')}:{desc}")
             params = fn.get("parameters") or {}
