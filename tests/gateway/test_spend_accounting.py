@@ -1,0 +1,107 @@
+"""Spend is never lost: endpoint instance time, abandoned streams, broken upstreams."""
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from gateway_harness import RunningGateway, build_config, standin_config
+
+from gateway.app import create_app
+from gateway.access_log import AccessLog
+from gateway.tokens import TokenCounter
+
+MSG = [{"role": "user", "content": "Tell me a long story."}]
+
+
+class StepClock:
+    """A settable wall clock (seconds), handed to the app instead of time.time."""
+
+    def __init__(self, start: float):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_endpoint_spend_is_instance_time_times_price(openai_standin, sagemaker_standin, tmp_path):
+    data = standin_config(openai_standin, sagemaker_standin)
+    data["backends"]["sagemaker"]["instance_count"] = 2
+    clock = StepClock(1_000_000.0)
+    app = create_app(build_config(data, openai=openai_standin), clock=clock,
+                     access_log=AccessLog(open(tmp_path / "log", "wb")))
+
+    async def run():
+        await app.startup()
+        for step in (0.5, 1.0, 1798.5, 1800.0):  # 3600 s in all
+            clock.now += step
+            await app.tick()
+        await app.shutdown()
+
+    asyncio.run(run())
+    # 2 instances × 1.408 USD/h × 1 h
+    assert app.endpoint_clock.accrued_usd["sagemaker"] == Decimal("2.816")
+    assert app.registry.get_sample_value("gateway_spend_usd_total", {"backend": "sagemaker", "model": ""}) \
+        == pytest.approx(2.816, rel=1e-12)
+
+
+def test_endpoint_spend_accrues_in_real_time(gateway):
+    started = time.time()
+    time.sleep(2.2)
+    spent = gateway.sample("gateway_spend_usd_total", backend="sagemaker", model="")
+    elapsed = time.time() - started
+    per_second = 1.408 / 3600
+    # ticks run once a second: the metric trails wall time by at most one tick
+    assert (elapsed - 1.5) * per_second <= spent <= (elapsed + 1.0) * per_second
+
+
+def test_client_leaving_mid_stream_is_still_charged(gateway, openai_standin):
+    openai_standin.script(text=[f"word{i} " for i in range(200)], chunk_delay=0.01, usage=False)
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
+    got = b""
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body) as r:
+        for part in r.iter_raw():
+            got += part
+            if got.count(b"data:") >= 20:
+                break  # hang up after ~20 events
+    entry = gateway.entries()[-1]
+    assert entry.get("client_disconnected") is True
+    assert entry["usage_source"] == "counted"
+    assert 15 <= entry["completion_tokens"] < 400
+    assert Decimal(entry["cost_usd"]) > 0
+    assert gateway.sample("gateway_tokens_total", backend="openai", model="gpt-4o-mini", kind="completion") \
+        == entry["completion_tokens"]
+
+
+def test_upstream_breaking_mid_stream_is_charged_for_what_arrived(gateway, openai_standin):
+    openai_standin.script(text=[f"tok{i} " for i in range(10)], stop_after_chunks=4, usage=False)
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+        assert r.status_code == 200
+        text = b"".join(r.iter_raw())
+    assert text.count(b"tok") == 4
+    entry = gateway.entries()[-1]
+    assert entry["completion_tokens"] == TokenCounter("o200k_base").text("tok0 tok1 tok2 tok3 ")
+    assert entry.get("error")
+    assert Decimal(entry["cost_usd"]) > 0
+
+
+def test_in_band_stream_error_is_forwarded_and_charged(gateway, openai_standin):
+    openai_standin.script(text=["a ", "b ", "c "], stop_after_chunks=2, stream_error="model overloaded")
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+        text = b"".join(r.iter_raw())
+    assert b"model overloaded" in text
+    entry = gateway.entries()[-1]
+    assert entry["completion_tokens"] >= 2
+
+
+def test_sagemaker_stream_error_frame_becomes_an_sse_error(gateway, sagemaker_standin):
+    sagemaker_standin.script(text=["x ", "y ", "z "], stop_after_chunks=1, stream_error="boom")
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions",
+                      json={"model": "sagemaker/gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+        text = b"".join(r.iter_raw())
+    assert b'"error"' in text and b"ModelStreamError" in text
+    assert gateway.entries()[-1]["backend"] == "sagemaker"
