@@ -1,0 +1,158 @@
+"""The simulator and the hindsight optimum against spend computed by hand, and by brute force."""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+from gateway.replay.optimum import hindsight_optimum
+from gateway.replay.simulator import ReplaySetup, simulate
+from gateway.replay.trace import Trace
+from routing_policies import CapacityDecision, Decision, EndpointSpec, TokenPrices, build_policy
+
+# Round numbers so that the spend can be checked by hand:
+#   API: 0.001 USD per prompt token, 0.002 USD per completion token
+#   endpoint: 3.6 USD/hour = 0.001 USD per instance-second, 10 capacity tokens/s per instance,
+#   prompt tokens weigh 0, context window 100 tokens, start-up 10 s, 0..1 instances
+#   load window 10 s: one instance takes at most 10 × 10 = 100 capacity tokens per 10 s
+SPEC = EndpointSpec(hourly_price_usd=3.6, max_tokens_per_second=10.0, prompt_token_weight=0.0,
+                    min_instances=0, max_instances=1, startup_s=10.0, context_window=100)
+SETUP = ReplaySetup("m", "openai", "sagemaker", TokenPrices(0.001, 0.002), SPEC,
+                    capacity_interval_s=5.0, load_window_s=10.0)
+
+#            arrival  prompt  completion
+HAND = Trace.from_rows([
+    (1.0, 10, 5),    # r1: t=1, the instance asked for at t=0 is still starting -> API 10×.001 + 5×.002 = 0.020
+    (12.0, 10, 50),  # r2: in service since t=10, load 0 + 50 <= 100 -> endpoint
+    (13.0, 10, 60),  # r3: load 50 + 60 > 100 -> refused, API .010 + .120 = 0.130
+    (14.0, 95, 10),  # r4: 95 + 10 > context window 100 -> API .095 + .020 = 0.115
+    (23.0, 1, 40),   # r5: r2 left the 10-s window at t=22 -> load 0 + 40 -> endpoint
+])
+
+
+def test_always_selfhosted_by_hand():
+    r = simulate(HAND, build_policy("always_selfhosted"), SETUP, horizon_s=30.0)
+    # API: 0.020 + 0.130 + 0.115 = 0.265 USD; endpoint: one instance billed from t=0 to 30 s = 0.030 USD
+    assert r.api_spend_usd == pytest.approx(0.265)
+    assert r.endpoint_spend_usd == pytest.approx(0.030)
+    assert r.spend_usd == pytest.approx(0.295)
+    assert (r.api_requests, r.endpoint_requests, r.endpoint_refused) == (3, 2, 1)
+    assert (r.endpoint_prompt_tokens, r.endpoint_completion_tokens) == (11, 90)
+    assert (r.api_prompt_tokens, r.api_completion_tokens) == (115, 75)
+    assert r.route_reasons == {"endpoint_not_in_service": 1, "endpoint_in_service": 2,
+                               "endpoint_refused": 1, "context_too_long": 1}
+    assert r.instances_started == 1
+
+
+def test_always_api_by_hand():
+    r = simulate(HAND, build_policy("always_api"), SETUP, horizon_s=30.0)
+    # r1 .020 + r2 (.010 + .100) + r3 .130 + r4 .115 + r5 (.001 + .080) = 0.456 USD
+    assert r.spend_usd == pytest.approx(0.456)
+    assert r.endpoint_spend_usd == 0 and r.instance_hours == 0
+
+
+def test_optimum_by_hand():
+    # 10-s intervals, 3 of them; nothing can serve in [0, 10) (start-up 10 s from t=0).
+    # [10, 20): one instance costs 10 × .001 + start-up 10 × .001 = 0.020 and saves r2's 0.110 -> on
+    # [20, 30): one instance costs 0.010 and saves r5's 0.081 -> on
+    # total: API r1 .020 + r3 .130 (refused) + r4 .115 (too long) + endpoint .030 = 0.295 USD
+    best = hindsight_optimum(HAND, SETUP, interval_s=10.0, horizon_s=30.0)
+    assert best.schedule == [0, 1, 1]
+    assert best.spend_usd == pytest.approx(0.295)
+    assert best.endpoint_spend_usd == pytest.approx(0.030)
+    assert best.instances_started == 1
+
+
+class Scripted:
+    """A test policy: capacity targets from a script of (from time, instances), always the endpoint."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = script
+        self.seen_in_service = []
+
+    def route(self, ctx):
+        self.seen_in_service.append((ctx.now_s, ctx.candidates[1].instances_in_service))
+        return Decision("sagemaker", "scripted")
+
+    def plan_capacity(self, ctx):
+        target = [n for t, n in self.script if t <= ctx.now_s][-1]
+        return CapacityDecision(target, "scripted")
+
+
+def test_scale_down_cancels_the_starting_instance_first_and_stops_its_billing():
+    spec = EndpointSpec(3.6, 10.0, 0.0, min_instances=0, max_instances=2, startup_s=10.0, context_window=100)
+    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(0.001, 0.002), spec)
+    trace = Trace.from_rows([(12.0, 1, 1), (16.0, 1, 1)])
+    policy = Scripted([(0, 1), (5, 2), (10, 1)])
+    r = simulate(trace, policy, setup, horizon_s=30.0)
+    # instance A: t=0..30 (30 s); instance B: t=5..10, cancelled while starting (5 s): 35 s × 0.001
+    assert r.endpoint_spend_usd == pytest.approx(0.035)
+    assert r.instances_started == 2
+    assert policy.seen_in_service == [(12.0, 1), (16.0, 1)]  # B never came into service
+
+
+def naive_refused(trace, spec, prices, n, interval_s, k_count, load_w=10.0):
+    """Admission with a quadratic window scan: an independent re-implementation for the brute force."""
+    out = [0.0] * k_count
+    admitted = []  # (time, capacity tokens)
+    for t, p, c in zip(trace.arrival_s, trace.prompt_tokens, trace.completion_tokens):
+        cost = prices.request_cost(p, c)
+        if p + c > spec.context_window:
+            continue
+        load = sum(cap for at, cap in admitted if at > t - load_w)
+        cap = c + spec.prompt_token_weight * p
+        if load + cap <= n * spec.max_tokens_per_second * load_w:
+            admitted.append((t, cap))
+        else:
+            out[min(k_count - 1, int(t // interval_s))] += cost
+    return out
+
+
+def test_optimum_matches_brute_force_on_a_tiny_case():
+    spec = EndpointSpec(hourly_price_usd=36.0, max_tokens_per_second=4.0, prompt_token_weight=0.1,
+                        min_instances=0, max_instances=2, startup_s=15.0, context_window=80)
+    prices = TokenPrices(0.0005, 0.003)
+    setup = ReplaySetup("m", "openai", "sagemaker", prices, spec, load_window_s=10.0)
+    rng = random.Random(3)
+    rows = []
+    for k in range(6):  # bursts of different sizes in six 10-s intervals
+        for _ in range(rng.choice([0, 1, 3, 8])):
+            rows.append((k * 10 + rng.uniform(0, 10), rng.randint(1, 60), rng.randint(1, 40)))
+    trace = Trace.from_rows(rows)
+    interval, horizon, k_count = 10.0, 60.0, 6
+    per_s = spec.hourly_price_usd / 3600
+    misfit = sum(prices.request_cost(p, c) for _, p, c in rows if p + c > spec.context_window)
+    refused = {n: naive_refused(trace, spec, prices, n, interval, k_count) for n in (0, 1, 2)}
+    frozen = math.ceil(spec.startup_s / interval)  # 2 intervals: nothing can be in service yet
+    best = math.inf
+    for schedule in itertools.product((0, 1, 2), repeat=k_count):
+        if any(schedule[k] > 0 for k in range(frozen)):
+            continue
+        starts = sum(max(0, b - a) for a, b in zip((0,) + schedule, schedule))
+        cost = misfit + sum(refused[n][k] for k, n in enumerate(schedule))
+        cost += (sum(schedule) * interval + starts * spec.startup_s) * per_s
+        best = min(best, cost)
+    got = hindsight_optimum(trace, setup, interval_s=interval, horizon_s=horizon)
+    assert got.spend_usd == pytest.approx(best)
+    assert got.spend_usd <= simulate(trace, build_policy("always_api"), setup, horizon_s=horizon).spend_usd + 1e-12
+
+
+def test_break_even_replay_is_never_above_the_baselines_on_a_steady_trace():
+    # two hours at 2 req/s, conversation-like tokens, gpt-4o prices on a real-sized endpoint
+    spec = EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0, context_window=8192)
+    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6), spec)
+    rng = random.Random(1)
+    t, rows = 0.0, []
+    while t < 7200:
+        t += rng.expovariate(2.0)
+        rows.append((t, rng.randint(200, 2000), rng.randint(50, 400)))
+    trace = Trace.from_rows(rows)
+    spend = {name: simulate(trace, build_policy(name), setup, horizon_s=7200.0).spend_usd
+             for name in ("break_even", "always_api", "always_selfhosted")}
+    best = hindsight_optimum(trace, setup, 60.0, 7200.0).spend_usd
+    assert spend["break_even"] <= min(spend["always_api"], spend["always_selfhosted"])
+    assert spend["break_even"] <= 1.10 * best

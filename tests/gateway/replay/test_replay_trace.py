@@ -1,0 +1,72 @@
+"""Reading, writing and synthesizing traces."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from gateway.replay.synth import rate_at, read_hourly, synthesize
+from gateway.replay.trace import Trace, TraceError, read_trace, write_trace
+
+
+def test_reads_plain_and_gzip_with_columns_by_name(tmp_path):
+    text = "completion_tokens,arrival_s,prompt_tokens,extra\n5,0.5,10,x\n7,0.25,20,y\n"
+    plain, gz = tmp_path / "t.csv", tmp_path / "t.csv.gz"
+    plain.write_text(text)
+    gz.write_bytes(gzip.compress(text.encode()))
+    for path in (plain, gz):
+        t = read_trace(str(path))
+        assert list(t.arrival_s) == [0.25, 0.5]  # sorted by arrival
+        assert list(t.prompt_tokens) == [20, 10]
+        assert list(t.completion_tokens) == [7, 5]
+
+
+def test_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,prompt_tokens,completion_tokens\n0.1,5,6\n0.2,five,6\n")
+    with pytest.raises(TraceError, match=r"bad\.csv: line 3"):
+        read_trace(str(bad))
+    missing = tmp_path / "missing.csv"
+    missing.write_text("arrival_s,prompt_tokens\n0.1,5\n")
+    with pytest.raises(TraceError, match="missing column.*completion_tokens"):
+        read_trace(str(missing))
+    with pytest.raises(TraceError, match="cannot read"):
+        read_trace(str(tmp_path / "nope.csv"))
+
+
+def test_write_then_read_round_trips(tmp_path):
+    t = Trace.from_rows([(0.0, 1, 2), (1.123456, 3, 4)])
+    for name in ("t.csv", "t.csv.gz"):
+        write_trace(str(tmp_path / name), t)
+        back = read_trace(str(tmp_path / name))
+        assert list(back.arrival_s) == list(t.arrival_s) and list(back.prompt_tokens) == [1, 3]
+
+
+def test_hourly_shape_and_interpolation(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text("model,hour,requests\na,0,3600\na,1,7200\nb,0,1\n")
+    assert read_hourly(str(path), "a") == [3600.0, 7200.0]
+    with pytest.raises(TraceError, match="no rows for model 'c'"):
+        read_hourly(str(path), "c")
+    shape = [3600.0, 7200.0]
+    assert rate_at(shape, 0) == 1.0  # flat before the first hour's midpoint
+    assert rate_at(shape, 3600) == pytest.approx(1.5)  # halfway between midpoints
+    assert rate_at(shape, 7000) == 2.0
+
+
+def test_synthesize_is_deterministic_and_follows_the_shape(tmp_path):
+    shape = [1000.0, 4000.0, 1000.0]
+    pairs = [(100, 10), (2000, 300), (50, 5)]
+    a = synthesize(shape, pairs, scale=1.0, seed=5)
+    b = synthesize(shape, pairs, scale=1.0, seed=5)
+    c = synthesize(shape, pairs, scale=1.0, seed=6)
+    assert list(a.arrival_s) == list(b.arrival_s) and list(a.arrival_s) != list(c.arrival_s)
+    write_trace(str(tmp_path / "a.csv.gz"), a)
+    write_trace(str(tmp_path / "b.csv.gz"), b)
+    assert (tmp_path / "a.csv.gz").read_bytes() == (tmp_path / "b.csv.gz").read_bytes()
+    assert set(zip(a.prompt_tokens, a.completion_tokens)) <= set(pairs)
+    per_hour = [sum(1 for t in a.arrival_s if h * 3600 <= t < (h + 1) * 3600) for h in range(3)]
+    assert per_hour[1] > 2 * per_hour[0] and per_hour[1] > 2 * per_hour[2]
+    assert 0.9 * 6000 < len(a) < 1.1 * 6000  # linear between hour midpoints keeps the total: 6,000 expected
+    peak = synthesize(shape, pairs, peak_per_hour=400.0, seed=5)
+    assert 0.7 * 600 < len(peak) < 1.3 * 600
