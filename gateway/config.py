@@ -6,6 +6,7 @@ value is replaced from the environment at load time.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class _Reader:
         self.used: set[str] = set()
 
     def error(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.where}.{key}: {reason}" if self.where else f"{self.file}: {key}: {reason}")
+        return ConfigError(f"{self.file}: {'.'.join(p for p in (self.where, key) if p)}: {reason}")
 
     def get(self, key: str, kind: type, default: Any = ..., choices: tuple | None = None, minimum=None):
         self.used.add(key)
@@ -168,6 +169,8 @@ class _Reader:
                 value = kind(raw)
             else:
                 value = kind(raw)
+            if kind in (float, Decimal) and not math.isfinite(value):
+                raise ValueError("not finite")  # NaN would slip past every minimum check
         except (TypeError, ValueError, InvalidOperation):
             raise self.error(key, f"expected {kind.__name__}, got {raw!r}") from None
         if choices is not None and value not in choices:
