@@ -101,8 +101,8 @@ return {prev or '', marker}
 
 def hash_tag(key_prefix: str) -> str:
     """``gw`` -> ``{gw}``; a prefix that already holds a ``{tag}`` is used as is."""
-    opening = key_prefix.find("{")
-    if opening >= 0 and key_prefix.find("}", opening + 2) > opening:
+    opening = key_prefix.find("{")  # Redis hashes what lies between the first { and the
+    if opening >= 0 and key_prefix.find("}", opening + 1) > opening + 1:  # next }, if non-empty
         return key_prefix
     return "{" + key_prefix + "}"
 
@@ -130,27 +130,33 @@ class RedisStore:
     it once Redis is back. ``claim_accrual`` is one script call and returns 0.0 while Redis
     is unreachable (the time is not lost: the first claim afterwards covers the gap).
 
-    Exactly-once edges, honestly:
-    - a batch is deduplicated by the process's sequence key; a retry more than
-      ``SEQ_TTL_S`` after a lost reply, or after Redis lost that key but kept the batch's
-      increments (it cannot: both are written by one script), could apply it twice;
-    - what sits in the local buffers when a process dies (or ``close`` cannot reach Redis)
-      is lost: at most one flush interval of traffic and spend, or the whole outage;
-    - Redis itself must keep its data: without AOF/replication a Redis restart empties
-      the ledger and the windows (the store carries on from zero, accrual excepted);
-    - after Redis loses the accrual markers, the first claimer falls back to the latest
-      marker it saw (its own claims, and every marker read at each sync): time claimed
-      by another process after that read, at most one flush interval, is handed out twice.
+    Where exactly-once ends:
+    - a batch resent more than ``SEQ_TTL_S`` after Redis ran it (its reply lost, then a
+      week-long outage) would apply twice;
+    - the local buffers die with the process: at most one flush interval of traffic and
+      spend (the whole outage if Redis is down then); ``close`` flushes them, rounding
+      each sub-nano remainder to the nearest nano-USD;
+    - Redis must keep its data: without AOF a restart empties the ledger and windows, and
+      a failover to a lagging replica drops acknowledged batches (the sequence keys go
+      with them, so nothing applies twice, but nothing is resent either);
+    - ``claim_accrual`` whose reply is lost after the script ran (a dropped connection at
+      that instant) returns 0.0 but moved the marker: that slice is never handed out;
+    - after Redis loses the accrual markers, the first claimer starts from the latest
+      marker it saw (its own claims, and all markers read at each sync): time another
+      process claimed after that read, at most one flush interval, is handed out twice.
+    Call ``record``/``add_spend`` from the event loop's thread (no locks on the buffers).
     """
 
     kind: ClassVar[str] = "redis"
 
-    def __init__(self, state_cfg, *, process_id: str | None = None):
+    def __init__(self, state_cfg):
         if not state_cfg.redis_url:
             raise ValueError("state.redis_url: RedisStore needs a Redis URL")
         self._url = state_cfg.redis_url
+        self._host = self._url.rsplit("@", 1)[-1]  # for logs: never a password
         tag = hash_tag(state_cfg.key_prefix)
-        self._process = process_id or uuid.uuid4().hex
+        # Fresh per instance: batch numbers restart at 1, so a reused id would be deduplicated.
+        self._process = uuid.uuid4().hex
         self._k_spend, self._k_accrued = f"{tag}:spend", f"{tag}:accrued"
         self._k_seq = f"{tag}:seq:{self._process}"
         self._k_vol = f"{tag}:vol:"
@@ -172,7 +178,6 @@ class RedisStore:
         self._down_since = 0.0  # time.monotonic() of the failure that started the outage
         self._need_full = True  # next successful sync re-reads every bucket
         self._tick = 0
-        self._last_now: float | None = None
         self.last_sync_commands = 0  # commands in the last sync's pipeline (for tests/metrics)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -201,10 +206,8 @@ class RedisStore:
         async with self._lock:
             for key, usd in self._pending_spend.items():
                 self._pending_spend[key] = usd.quantize(Decimal(1).scaleb(-NANO), ROUND_HALF_EVEN)
-            for _ in range(2):
-                if self._outstanding is None and not self._has_pending():
-                    break
-                if not await self._flush(None):
+            for _ in range(2):  # the outstanding batch, then what piled up behind it
+                if (self._outstanding is None and not self._has_pending()) or not await self._flush(None):
                     break
         if self._outstanding is not None or self._has_pending():
             log.error("state store closed with unflushed deltas (Redis unreachable): "
@@ -231,25 +234,30 @@ class RedisStore:
     async def spend_totals(self) -> Mapping[tuple[str, str], Decimal]:
         """USD per (backend, model): everyone's, as of the last sync, plus what this
         process has not pushed yet."""
-        totals: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-        for key, nanos in self._spend_nanos.items():
-            totals[key] += nanos_to_usd(nanos)
+        totals = defaultdict(Decimal, {key: nanos_to_usd(n) for key, n in self._spend_nanos.items()})
         for key, usd in self._local_spend().items():
             totals[key] += usd
         return dict(totals)
 
     # -- background ----------------------------------------------------------------------
     async def sync(self, now: float) -> None:
+        if self._redis is None:
+            return  # not started, or closed: the background task outlived the app
         async with self._lock:
-            self._last_now = now
             self._pending_vol.prune(now)  # buckets past the horizon would never be read
             await self._flush(now)
 
     async def claim_accrual(self, key: str, now: float) -> float:
+        if self._redis is None:
+            return 0.0
         seen = self._seen.get(key)
         args = [key, repr(float(now)), "" if seen is None else repr(seen), ACCRUAL_TTL_S]
         try:
-            prev, marker = await self._evalsha("claim", [self._k_accrued], args)
+            try:
+                prev, marker = await self._redis.evalsha(self._sha.get("claim", ""), 1, self._k_accrued, *args)
+            except NoScriptError:
+                await self._load_scripts()
+                prev, marker = await self._redis.evalsha(self._sha["claim"], 1, self._k_accrued, *args)
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
             return 0.0  # the marker did not move: this time is claimed after recovery
@@ -345,18 +353,13 @@ class RedisStore:
             if not len(pipe):
                 return []
             results = await pipe.execute(raise_on_error=False)
-            if batch is not None:
-                applied, results = results[0], results[1:]
-                if isinstance(applied, NoScriptError) and attempt == 1:
-                    await self._load_scripts()  # Redis restarted or SCRIPT FLUSH: not applied
-                    continue
-                if isinstance(applied, Exception):
-                    raise applied
+            if batch is not None and isinstance(results[0], NoScriptError) and attempt == 1:
+                await self._load_scripts()  # Redis restarted or SCRIPT FLUSH: nothing applied
+                continue
             for r in results:
                 if isinstance(r, Exception):
-                    raise r
-            return results
-        raise RedisError("script still missing after SCRIPT LOAD")
+                    raise r  # the batch stays outstanding (if it ran, its resend is skipped)
+            return results[1:] if batch is not None else results
 
     def _apply_reads(self, results: list, reads: list[int], now: float) -> None:
         spend, accrued, buckets = results[0], results[1], results[2:]
@@ -383,25 +386,14 @@ class RedisStore:
         self._sha["apply"] = await self._redis.script_load(_APPLY)
         self._sha["claim"] = await self._redis.script_load(_CLAIM)
 
-    async def _evalsha(self, name: str, keys: list[str], args: list):
-        try:
-            return await self._redis.evalsha(self._sha.get(name, ""), len(keys), *keys, *args)
-        except NoScriptError:
-            await self._load_scripts()
-            return await self._redis.evalsha(self._sha[name], len(keys), *keys, *args)
-
     def _mark_down(self, exc: BaseException) -> None:
         self._need_full = True  # others' pushes during the outage land in closed buckets
         if self._healthy:
             self._healthy, self._down_since = False, time.monotonic()
             log.warning("Redis at %s unreachable (%s: %s): buffering state locally until it is back",
-                        self._redis_host(), type(exc).__name__, exc)
+                        self._host, type(exc).__name__, exc)
 
     def _mark_up(self) -> None:
         if not self._healthy:
             self._healthy = True
-            log.warning("Redis at %s back after %.1f s; pushing buffered state",
-                        self._redis_host(), time.monotonic() - self._down_since)
-
-    def _redis_host(self) -> str:
-        return self._url.rsplit("@", 1)[-1]  # never log a password
+            log.warning("Redis at %s back after %.1f s", self._host, time.monotonic() - self._down_since)
