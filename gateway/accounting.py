@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
-from .live_routing import LOAD_WINDOW_S
 
 _HOUR = Decimal(3600)
+API_ONLY = "(api-only)"  # ledger line: what the same traffic would have cost on the API alone
+CHARGEBACK_WINDOW_S = 60  # a request pays its share of the endpoint cost of the last minute
 
 
 @dataclass(slots=True)
@@ -47,11 +48,14 @@ class Accounting:
         self.endpoints = endpoints
         self.clock = clock
         self._api_only_children: dict[str, object] = {}
-        # The API a model would use if there were no endpoint: for the savings counterfactual.
+        self.reindex_prices()
+
+    def reindex_prices(self) -> None:
+        """The API a model would use if there were no endpoint: for the savings counterfactual."""
         self._reference_prices = {}
-        for model in config.models.values():
+        for model in self.config.models.values():
             for route in model.routes:
-                b = config.backends[route.backend]
+                b = self.config.backends[route.backend]
                 if b.type == "openai":
                     self._reference_prices[model.name] = b.prices[route.upstream_model]
                     break
@@ -63,7 +67,7 @@ class Accounting:
             return api_cost(cfg.prices[rec.upstream_model], usage)
         status = self.endpoints[rec.backend]
         per_second = cfg.hourly_price_usd * status.instances_in_service / _HOUR
-        w = self.store.volume().window(now, LOAD_WINDOW_S, backend=rec.backend)
+        w = self.store.volume().window(now, CHARGEBACK_WINDOW_S, backend=rec.backend)
         mine = usage.completion_tokens + cfg.prompt_token_weight * usage.prompt_tokens
         window = w.completion_tokens + cfg.prompt_token_weight * w.prompt_tokens
         return endpoint_share(per_second, w.seconds, mine, window)
@@ -104,7 +108,9 @@ class Accounting:
                 self.store.add_spend(rec.backend, rec.model, cost)
             ref = self._reference_prices.get(rec.model)
             if ref is not None:
-                self._api_only(rec.model).inc(float(api_cost(ref, usage)))
+                counterfactual = api_cost(ref, usage)
+                self._api_only(rec.model).inc(float(counterfactual))
+                self.store.add_spend(API_ONLY, rec.model, counterfactual)
         if rec.reason:
             m.reason(rec.reason).inc()
         entry = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 
 from prometheus_client import CollectorRegistry
@@ -17,9 +18,11 @@ from routing_policies import build_policy
 
 from .access_log import AccessLog
 from .accounting import Accounting
+from .admin_routes import AdminRoutes
 from .asgi_io import send_bytes
 from .backends import build_backend
-from .config import GatewayConfig, load_config
+from .capacity_planner import CapacityPlanner
+from .config import ConfigError, GatewayConfig, load_config
 from .endpoint_clock import EndpointClock
 from .endpoint_state import EndpointStatus
 from .errors import GatewayError
@@ -53,7 +56,10 @@ class GatewayApp:
         self.accounting = Accounting(config, self.metrics, self.store, self.access_log, self.endpoints, clock)
         self.endpoint_clock = EndpointClock(config, self.store, self.metrics, self.endpoints)
         self.proxy = Proxy(config, self.backends, self.live, self.accounting, self.health)
+        self.planner = CapacityPlanner(config, policy, self.store, self.endpoints, self.metrics)
+        self.last_actuation: dict[str, dict] = {}
         ops = OpsRoutes(self)
+        admin = AdminRoutes(self)
         self.routes = {
             ("POST", "/v1/chat/completions"): self.proxy.chat,
             ("POST", "/chat/completions"): self.proxy.chat,
@@ -64,10 +70,13 @@ class GatewayApp:
             ("GET", "/healthz"): ops.healthz,
             ("GET", "/readyz"): ops.readyz,
             ("GET", "/metrics"): ops.metrics,
+            ("GET", "/admin/routing"): admin.routing,
+            ("POST", "/admin/reload"): admin.reload,
         }
         self._paths = {path for _, path in self.routes}
         self.started = False
         self._ticker: asyncio.Task | None = None
+        self._loaded_mtime = self._config_mtime()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -103,6 +112,10 @@ class GatewayApp:
             await backend.start()
         await self.tick()
         self._ticker = asyncio.ensure_future(self._tick_forever())
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_config)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no signals
+            pass
         self.started = True
 
     async def shutdown(self) -> None:
@@ -127,12 +140,71 @@ class GatewayApp:
         except Exception:  # noqa: BLE001
             log.exception("state sync failed")
         self.live.refresh(now)
+        if self.planner.due(now):
+            try:
+                self.planner.plan(now)
+            except Exception:  # noqa: BLE001 — a policy bug must not stop accrual and sync
+                log.exception("capacity planning failed")
+        self._reload_if_changed()
         self.access_log.flush()
+
+    # -- config reload ---------------------------------------------------------
+    def _config_mtime(self) -> float | None:
+        try:
+            return os.stat(self.config.path).st_mtime
+        except OSError:
+            return None
+
+    def _reload_if_changed(self) -> None:
+        mtime = self._config_mtime()
+        if mtime is not None and self._loaded_mtime is not None and mtime != self._loaded_mtime:
+            self.reload_config()
+
+    def reload_config(self) -> tuple[bool, str]:
+        """Re-read the config file; thresholds, prices and keys apply at once.
+
+        Backend connections (types, URLs, endpoint names) need a restart: such a
+        file is refused and the running config stays, as for an invalid file.
+        """
+        self._loaded_mtime = self._config_mtime()
+        try:
+            new = load_config(self.config.path)
+            policy = build_policy(new.routing.policy, new.routing.params)
+        except (ConfigError, ValueError, TypeError) as e:
+            log.error("config reload rejected, keeping the running config: %s", e)
+            return False, f"rejected: {e}"
+        changed = [name for name in set(new.backends) | set(self.config.backends)
+                   if _connection(new.backends.get(name)) != _connection(self.config.backends.get(name))]
+        if changed:
+            msg = f"rejected: backend connections changed ({', '.join(sorted(changed))}); restart to apply"
+            log.error("config reload %s", msg)
+            return False, msg
+        self.apply_config(new, policy)
+        log.warning("config reloaded from %s (policy %s)", new.path, new.routing.policy)
+        return True, "reloaded"
+
+    def apply_config(self, config: GatewayConfig, policy) -> None:
+        self.config = config
+        for part in (self.live, self.accounting, self.endpoint_clock, self.proxy, self.planner):
+            part.config = config
+        self.accounting.reindex_prices()
+        self.live.set_policy(policy)
+        self.planner.policy = policy
+        self.live.refresh(self.clock())
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             await self.tick()
+
+
+def _connection(backend_cfg):
+    """What cannot change without a restart: how a backend is reached."""
+    if backend_cfg is None:
+        return None
+    keep = ("type", "base_url", "api_key_env", "endpoint_name", "region", "endpoint_url", "wire_format",
+            "max_connections", "timeout_s")
+    return tuple(getattr(backend_cfg, k, None) for k in keep)
 
 
 def create_app(config: GatewayConfig, **parts) -> GatewayApp:

@@ -5,22 +5,12 @@ request: a request only looks up its model's tuple and calls ``policy.route``.
 """
 from __future__ import annotations
 
-from decimal import Decimal
-
-from routing_policies import API, ENDPOINT, BackendView, Decision, RequestContext, TokenPrices
+from routing_policies import API, ENDPOINT, BackendView, Decision, RequestContext
 
 from .endpoint_state import EndpointStatus
+from .policy_inputs import token_prices
 
-LOAD_WINDOW_S = 60  # seconds of traffic behind an endpoint's current load
-
-
-def token_prices(spec) -> TokenPrices:
-    per = Decimal(1_000_000)
-    return TokenPrices(
-        input=float(spec.input / per),
-        output=float(spec.output / per),
-        cached_input=None if spec.cached_input is None else float(spec.cached_input / per),
-    )
+LOAD_WINDOW_S = 20  # seconds behind an endpoint's current load: the open volume bucket and the one before
 
 
 class LiveRouting:
