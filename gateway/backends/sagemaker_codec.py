@@ -58,8 +58,9 @@ class MessagesCodec:
         return error_body(f"SageMaker endpoint returned HTTP {status}", "upstream_error")
 
 
-_TGI_PARAMS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "stop": "stop",
-               "seed": "seed", "frequency_penalty": "repetition_penalty"}
+_TGI_PARAMS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
+               "temperature": "temperature", "top_p": "top_p", "stop": "stop", "seed": "seed",
+               "frequency_penalty": "frequency_penalty"}  # TGI's own, same -2..2 scale as OpenAI's
 
 
 def _tgi_prompt(messages) -> str:
@@ -95,6 +96,12 @@ class TgiCodec(MessagesCodec):
                 params[dst] = req[src]
         if isinstance(params.get("stop"), str):
             params["stop"] = [params["stop"]]
+        # OpenAI's greedy (temperature 0) and no-cut (top_p 1) are what TGI does without them; TGI
+        # answers 422 to either value ("must be strictly positive", "must be < 1.0").
+        if params.get("temperature") == 0:
+            del params["temperature"]
+        if isinstance(params.get("top_p"), (int, float)) and params["top_p"] >= 1:
+            del params["top_p"]
         return orjson.dumps({"inputs": _tgi_prompt(req.get("messages")), "parameters": params,
                              "stream": bool(req.get("stream"))})
 
@@ -119,6 +126,8 @@ class TgiCodec(MessagesCodec):
                 if not line.startswith(b"data:"):
                     continue
                 event = orjson.loads(line[5:])
+                if event.get("error") is not None:  # TGI's in-stream failure: not a normal end
+                    raise UpstreamUnavailable(f"endpoint stream failed: {event.get('error_type') or 'error'}")
                 token = (event.get("token") or {})
                 delta = {"content": token.get("text", "")} if not token.get("special") else {}
                 if first:
