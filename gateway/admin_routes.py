@@ -57,6 +57,9 @@ class AdminRoutes:
             for seconds in WINDOWS_S:
                 w = volume.window(now, seconds, model=model.name)
                 traffic[model.name][f"{seconds}s"] = {
+                    "requests": w.requests,
+                    "prompt_tokens": w.prompt_tokens,
+                    "completion_tokens": w.completion_tokens,
                     "requests_per_hour": w.per_hour(w.requests),
                     "prompt_tokens_per_hour": w.per_hour(w.prompt_tokens),
                     "completion_tokens_per_hour": w.per_hour(w.completion_tokens),

@@ -34,7 +34,6 @@ from .proxy import Proxy
 from .state import build_store
 
 log = logging.getLogger("gateway")
-TICK_S = 1.0
 
 
 class GatewayApp:
@@ -129,7 +128,7 @@ class GatewayApp:
         self.access_log.flush()
 
     async def tick(self) -> None:
-        """Once a second: accrue endpoint time, sync shared state, refresh routing inputs."""
+        """Every ``state.flush_interval_s`` (1 s): accrue endpoint time, sync shared state, refresh routing."""
         now = self.clock()
         try:
             await self.endpoint_clock.tick(now)
@@ -194,7 +193,7 @@ class GatewayApp:
 
     async def _tick_forever(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self.config.state.flush_interval_s)
             await self.tick()
 
 

