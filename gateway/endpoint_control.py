@@ -1,0 +1,197 @@
+"""Reads a SageMaker endpoint's state from the control plane and, when allowed, resizes it.
+
+Both talk to the ``sagemaker`` control-plane API with boto3, in a worker thread
+(boto3 blocks), from the once-a-second tick, never from the request path::
+
+    poller = EndpointPoller(cfg, app.endpoints[cfg.name])        # DescribeEndpoint every 15 s
+    actuator = CapacityActuator(cfg, app.endpoints[cfg.name], dry_run=config.routing.dry_run)
+
+    async def tick(now):
+        await poller.poll(now)                                   # no-op until due; never raises
+        result = await actuator.apply(decision.instances, decision.reason, now)  # never raises
+        # result.target is the recommendation (export it); result.action says what was done
+
+The client follows the standard credential chain and honours
+``AWS_ENDPOINT_URL_SAGEMAKER`` (boto3 reads it itself). ``cfg.endpoint_url`` is the
+*runtime* URL and is deliberately not used here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from .config import SageMakerBackendConfig
+from .endpoint_state import EndpointStatus
+
+log = logging.getLogger("gateway.endpoint_control")
+
+_DESCRIBE = "DescribeEndpoint"
+_UPDATE = "UpdateEndpointWeightsAndCapacities"
+
+
+def sagemaker_client(region: str) -> Any:
+    """A boto3 ``sagemaker`` client; boto3 is imported here because importing it costs ~0.3 s."""
+    import boto3
+    from botocore.config import Config
+
+    # Bounded: a hung control plane must not hold the worker thread (or an actuation) forever.
+    config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.session.Session().client("sagemaker", region_name=region, config=config)
+
+
+def _describe_error(e: Exception) -> str:
+    """Error code and AWS's message only: never the client, request or credentials."""
+    response = getattr(e, "response", None)  # botocore ClientError
+    err = response.get("Error") if isinstance(response, dict) else None
+    if err:
+        return f"{err.get('Code', type(e).__name__)}: {err.get('Message', '')}".strip()
+    return f"{type(e).__name__}: {e}"
+
+
+class _Control:
+    """One lazily created control-plane client, used from one worker thread at a time."""
+
+    def __init__(self, cfg: SageMakerBackendConfig, status: EndpointStatus, client_factory: Callable[[], Any] | None):
+        self.cfg, self.status = cfg, status
+        self._factory = client_factory or (lambda: sagemaker_client(cfg.region))
+        self._client_obj: Any = None
+        self._busy = False
+
+    def _client(self) -> Any:  # runs in the worker thread: client creation blocks too
+        if self._client_obj is None:
+            self._client_obj = self._factory()
+        return self._client_obj
+
+    def _set_error(self, op: str, e: Exception) -> str:
+        message = f"{op}: {_describe_error(e)}"
+        if message != self.status.last_error:  # once per new error, not every poll
+            log.warning("endpoint %s: %s", self.cfg.endpoint_name, message)
+        self.status.last_error = message
+        return message
+
+    def _clear_error(self, op: str) -> None:
+        if self.status.last_error and self.status.last_error.startswith(op + ":"):
+            self.status.last_error = None
+
+
+class EndpointPoller(_Control):
+    """Keeps ``status`` in line with ``DescribeEndpoint`` for the configured variant.
+
+    Call ``await poll(now)`` every tick; it calls AWS only every ``interval_s`` seconds
+    and never two calls at once. On an error (endpoint not found, throttling, no
+    credentials) the last known status and counts are kept and ``last_error`` says why:
+    a control-plane hiccup is not a reason to stop routing to a serving endpoint.
+    """
+
+    def __init__(self, cfg: SageMakerBackendConfig, status: EndpointStatus,
+                 client_factory: Callable[[], Any] | None = None, interval_s: float = 15.0):
+        super().__init__(cfg, status, client_factory)
+        self.interval_s = interval_s
+        self._last_attempt: float | None = None
+
+    def due(self, now: float) -> bool:
+        return not self._busy and (self._last_attempt is None or now - self._last_attempt >= self.interval_s)
+
+    def _describe(self) -> dict:
+        return self._client().describe_endpoint(EndpointName=self.cfg.endpoint_name)
+
+    async def poll(self, now: float) -> bool:
+        """Poll if due; True if AWS was asked (whether or not it answered)."""
+        if not self.due(now):
+            return False
+        self._busy, self._last_attempt = True, now
+        try:
+            desc = await asyncio.to_thread(self._describe)
+        except Exception as e:  # noqa: BLE001 — any failure is reported, none stops the tick
+            self._set_error(_DESCRIBE, e)
+            return True
+        finally:
+            self._busy = False
+        st = self.status
+        variants = desc.get("ProductionVariants", [])
+        variant = next((v for v in variants if v.get("VariantName") == self.cfg.variant_name), None)
+        st.status = desc.get("EndpointStatus", st.status)
+        st.healthy = st.status in ("InService", "Updating")
+        st.polled_at = now
+        if variant is None:
+            st.last_error = f"{_DESCRIBE}: no variant {self.cfg.variant_name!r} on endpoint {self.cfg.endpoint_name!r}"
+            return True
+        st.instances_in_service = int(variant.get("CurrentInstanceCount", st.instances_in_service))
+        st.desired_instances = int(variant.get("DesiredInstanceCount", st.desired_instances))
+        self._clear_error(_DESCRIBE)
+        return True
+
+
+@dataclass(frozen=True)
+class ActuationResult:
+    """What ``CapacityActuator.apply`` did (or, in dry run, would do). Counts are instances."""
+
+    requested: int  # what the capacity decision asked for
+    target: int  # requested, clamped to [min_instances, max_instances]: the recommendation
+    current: int  # DesiredInstanceCount before this call
+    action: str  # "none" (already there) | "would_update" (dry run) | "updated" | "held" | "failed"
+    reason: str  # the decision's reason; for held/failed, why
+    dry_run: bool
+    at: float  # epoch seconds
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class CapacityActuator(_Control):
+    """Applies a capacity decision with ``UpdateEndpointWeightsAndCapacities``, if allowed.
+
+    With ``dry_run`` (the default in config) it never calls AWS and only reports what it
+    would do. Otherwise it changes the variant's instance count when the target differs,
+    the endpoint is ``InService`` (not ``Updating``, and polled at least once), and the
+    last attempt is ``cooldown_s`` seconds old, so a flapping decision cannot thrash the
+    endpoint (each resize takes minutes and bills the new instances from their start).
+    """
+
+    def __init__(self, cfg: SageMakerBackendConfig, status: EndpointStatus, dry_run: bool,
+                 client_factory: Callable[[], Any] | None = None, cooldown_s: float = 300.0):
+        super().__init__(cfg, status, client_factory)
+        self.dry_run = dry_run
+        self.cooldown_s = cooldown_s
+        self._last_attempt: float | None = None
+        self.last_result: ActuationResult | None = None
+
+    async def apply(self, target_instances: int, reason: str, now: float) -> ActuationResult:
+        cfg, st = self.cfg, self.status
+        # Zero only when min_instances is 0. Real SageMaker accepts DesiredInstanceCount=0 only for
+        # endpoints with managed instance scaling (inference components); any other endpoint answers
+        # ValidationException, which ends up in last_error like any other failure.
+        target = max(cfg.min_instances, min(cfg.max_instances, int(target_instances)))
+        current = st.desired_instances
+
+        def done(action: str, why: str = reason) -> ActuationResult:
+            self.last_result = ActuationResult(int(target_instances), target, current, action, why, self.dry_run, now)
+            return self.last_result
+
+        if target == current:
+            return done("none")
+        if st.status != "InService":
+            return done("held", f"endpoint is {st.status}, not InService")
+        if self.dry_run:
+            return done("would_update")
+        if self._busy:
+            return done("held", "an update call is in flight")
+        if self._last_attempt is not None and now - self._last_attempt < self.cooldown_s:
+            return done("held", f"cooldown: last change {now - self._last_attempt:.0f}s ago, < {self.cooldown_s:.0f}s")
+        self._busy, self._last_attempt = True, now  # failures start the cooldown too: no retry every tick
+        try:
+            await asyncio.to_thread(lambda: self._client().update_endpoint_weights_and_capacities(
+                EndpointName=cfg.endpoint_name,
+                DesiredWeightsAndCapacities=[{"VariantName": cfg.variant_name, "DesiredInstanceCount": target}],
+            ))
+        except Exception as e:  # noqa: BLE001 — reported, never raised into the tick
+            return done("failed", self._set_error(_UPDATE, e))
+        finally:
+            self._busy = False
+        self._clear_error(_UPDATE)
+        log.info("endpoint %s: DesiredInstanceCount %d -> %d (%s)", cfg.endpoint_name, current, target, reason)
+        # What AWS reports right after the call; the next poll replaces it with the real state.
+        st.status, st.desired_instances = "Updating", target
+        return done("updated")

@@ -1,0 +1,256 @@
+"""EndpointPoller and CapacityActuator against moto's server mode (a local stand-in for the SageMaker API).
+
+The gateway's clients find moto through ``AWS_ENDPOINT_URL_SAGEMAKER``, exactly as an operator
+would point them at another endpoint. moto runs in this process, so a test can put an endpoint
+into ``Updating`` (moto itself returns to ``InService`` at once) through moto's backend.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from decimal import Decimal
+
+import boto3
+import pytest
+from moto.backends import get_backend
+from moto.server import ThreadedMotoServer
+
+from gateway.config import SageMakerBackendConfig
+from gateway.endpoint_control import CapacityActuator, EndpointPoller
+from gateway.endpoint_state import EndpointStatus
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def test_client(moto_url):
+    """For setup and checks; one per module, as each boto3 client takes ~0.1 s to build."""
+    return boto3.client("sagemaker", region_name=REGION, endpoint_url=moto_url)
+
+
+@pytest.fixture
+def aws(moto_url, test_client, monkeypatch):
+    """The env an operator would set, which the code under test must follow on its own."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", moto_url)
+    return test_client
+
+
+def make_endpoint(sm, instances: int = 2) -> str:
+    name = f"ep-{uuid.uuid4().hex[:10]}"
+    sm.create_model(ModelName=name, ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/sm",
+                    PrimaryContainer={"Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/llm:latest"})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": instances,
+        "InstanceType": "ml.g4dn.xlarge",  # moto's instance list predates ml.g5
+    }])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    return name
+
+
+def backend_cfg(endpoint: str, min_instances=0, max_instances=4, variant="AllTraffic") -> SageMakerBackendConfig:
+    return SageMakerBackendConfig(
+        name="sm", endpoint_name=endpoint, region=REGION, instance_type="ml.g4dn.xlarge", instance_count=1,
+        hourly_price_usd=Decimal("0.7364"), max_tokens_per_second=500.0, context_window=8192,
+        min_instances=min_instances, max_instances=max_instances, variant_name=variant,
+    )
+
+
+def current_count(sm, endpoint: str) -> int:
+    return sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
+
+
+async def polled(cfg, **kw) -> EndpointStatus:
+    status = EndpointStatus("sm", instances_in_service=1, desired_instances=1)
+    await EndpointPoller(cfg, status, **kw).poll(0.0)
+    return status
+
+
+def test_poller_reads_status_and_instance_count(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    status = asyncio.run(polled(backend_cfg(endpoint)))
+    assert (status.status, status.instances_in_service, status.desired_instances) == ("InService", 2, 2)
+    assert status.healthy and status.last_error is None and status.polled_at == 0.0
+
+
+def test_poller_polls_only_when_due(aws):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return boto3.client("sagemaker", region_name=REGION)
+
+    async def run():
+        poller = EndpointPoller(backend_cfg(make_endpoint(aws)), EndpointStatus("sm"), factory, interval_s=15)
+        return [await poller.poll(t) for t in (100.0, 101.0, 114.9, 115.0)]
+
+    assert asyncio.run(run()) == [True, False, False, True]
+    assert len(calls) == 1  # the client is created once, lazily
+
+
+def test_unknown_endpoint_sets_last_error_and_keeps_counts(aws, monkeypatch, caplog):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-logged")
+    with caplog.at_level(logging.DEBUG):
+        status = asyncio.run(polled(backend_cfg("no-such-endpoint")))
+    assert status.last_error.startswith("DescribeEndpoint: ValidationException")
+    assert "no-such-endpoint" in status.last_error
+    assert (status.status, status.instances_in_service, status.desired_instances) == ("Assumed", 1, 1)
+    assert status.healthy and status.polled_at is None
+    assert "s3cr3t" not in status.last_error and "s3cr3t" not in caplog.text
+
+
+def test_missing_variant_is_an_error_not_a_crash(aws):
+    status = asyncio.run(polled(backend_cfg(make_endpoint(aws), variant="Blue")))
+    assert status.status == "InService" and (status.instances_in_service, status.desired_instances) == (1, 1)
+    assert "no variant 'Blue'" in status.last_error
+
+
+def test_no_credentials_sets_last_error(aws, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    status = asyncio.run(polled(backend_cfg(make_endpoint(aws))))
+    assert status.last_error == "DescribeEndpoint: NoCredentialsError: Unable to locate credentials"
+    assert status.instances_in_service == 1
+
+
+def test_throttling_keeps_last_known_state_then_recovers(aws):
+    from botocore.exceptions import ClientError
+
+    endpoint = make_endpoint(aws, instances=3)
+    real = boto3.client("sagemaker", region_name=REGION)
+
+    class Throttled:
+        throttle = True
+
+        def describe_endpoint(self, **kw):
+            if self.throttle:
+                error = {"Code": "ThrottlingException", "Message": "Rate exceeded"}
+                raise ClientError({"Error": error}, "DescribeEndpoint")
+            return real.describe_endpoint(**kw)
+
+    fake = Throttled()
+    status = EndpointStatus("sm", status="InService", instances_in_service=2, desired_instances=2, polled_at=1.0)
+    poller = EndpointPoller(backend_cfg(endpoint), status, lambda: fake)
+    asyncio.run(poller.poll(20.0))
+    assert status.last_error == "DescribeEndpoint: ThrottlingException: Rate exceeded"
+    assert (status.status, status.instances_in_service, status.polled_at) == ("InService", 2, 1.0)
+    fake.throttle = False
+    asyncio.run(poller.poll(40.0))
+    assert status.last_error is None and status.instances_in_service == 3 and status.polled_at == 40.0
+
+
+def actuate(cfg, dry_run, steps, cooldown_s=300.0, client=None):
+    """Poll, then apply each (target, now) in turn; returns the results and the status.
+
+    With ``client``, both use it instead of building their own from the environment (faster).
+    """
+    factory = (lambda: client) if client is not None else None
+
+    async def run():
+        status = await polled(cfg, client_factory=factory)
+        actuator = CapacityActuator(cfg, status, dry_run=dry_run, cooldown_s=cooldown_s, client_factory=factory)
+        return [await actuator.apply(target, "test", now) for target, now in steps], status
+    return asyncio.run(run())
+
+
+def test_dry_run_recommends_and_changes_nothing(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    [result], status = actuate(backend_cfg(endpoint), True, [(3, 10.0)])
+    assert (result.action, result.target, result.current, result.dry_run) == ("would_update", 3, 2, True)
+    assert current_count(aws, endpoint) == 2 and status.desired_instances == 2
+
+
+def test_live_update_changes_instance_count(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    cfg = backend_cfg(endpoint)
+    [result], status = actuate(cfg, False, [(3, 10.0)])
+    assert (result.action, result.target, result.current) == ("updated", 3, 2)
+    assert (status.status, status.desired_instances) == ("Updating", 3)  # until the next poll
+    assert current_count(aws, endpoint) == 3
+    after = asyncio.run(polled(cfg))
+    assert (after.status, after.instances_in_service, after.desired_instances) == ("InService", 3, 3)
+
+
+def test_target_already_met_is_no_action(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    [result], _ = actuate(backend_cfg(endpoint), False, [(2, 10.0)])
+    assert result.action == "none" and current_count(aws, endpoint) == 2
+
+
+@pytest.mark.parametrize("minimum, maximum, asked, expected", [(0, 4, 9, 4), (1, 4, 0, 1), (0, 4, 0, 0), (2, 4, -3, 2)])
+def test_target_is_clamped_to_min_and_max(aws, minimum, maximum, asked, expected):
+    endpoint = make_endpoint(aws, instances=3)
+    [result], _ = actuate(backend_cfg(endpoint, minimum, maximum), False, [(asked, 10.0)], client=aws)
+    assert (result.requested, result.target, result.action) == (asked, expected, "updated")
+    # moto accepts 0 for any endpoint; real SageMaker only with managed instance scaling.
+    assert current_count(aws, endpoint) == expected
+
+
+def test_no_change_within_cooldown(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    cfg = backend_cfg(endpoint)
+
+    async def run():
+        status = EndpointStatus("sm")
+        poller = EndpointPoller(cfg, status, interval_s=15)
+        actuator = CapacityActuator(cfg, status, dry_run=False, cooldown_s=300.0)
+        await poller.poll(0.0)
+        results = [await actuator.apply(3, "busy", 10.0), await actuator.apply(1, "idle", 11.0)]
+        await poller.poll(20.0)  # moto finishes at once: InService again, 3 instances
+        results += [await actuator.apply(1, "idle", now) for now in (200.0, 310.0)]
+        return results
+
+    updated, while_updating, in_cooldown, after = asyncio.run(run())
+    assert updated.action == "updated" and while_updating.action == "held" and "Updating" in while_updating.reason
+    assert in_cooldown.action == "held" and "cooldown" in in_cooldown.reason and in_cooldown.current == 3
+    assert (after.action, after.current, after.target) == ("updated", 3, 1)
+    assert current_count(aws, endpoint) == 1
+
+
+def test_no_change_while_updating(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    moto_endpoint = get_backend("sagemaker")[ACCOUNT][REGION].endpoints[endpoint]
+    moto_endpoint.endpoint_status = "Updating"  # what real SageMaker reports for minutes
+    cfg = backend_cfg(endpoint)
+    for dry_run in (False, True):
+        [result], status = actuate(cfg, dry_run, [(3, 10.0)])
+        assert status.status == "Updating" and status.healthy
+        assert result.action == "held" and "Updating" in result.reason
+    assert current_count(aws, endpoint) == 2
+
+
+def test_no_change_before_first_poll(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    status = EndpointStatus("sm", instances_in_service=2, desired_instances=2)  # "Assumed"
+    result = asyncio.run(CapacityActuator(backend_cfg(endpoint), status, dry_run=False).apply(3, "test", 10.0))
+    assert result.action == "held" and current_count(aws, endpoint) == 2
+
+
+def test_rejected_update_surfaces_as_last_error_and_is_not_retried_every_tick(aws):
+    endpoint = make_endpoint(aws, instances=2)
+    # A variant the endpoint lacks: moto answers ValidationException, as AWS does for a 0 it cannot honour.
+    cfg = backend_cfg(endpoint, variant="Blue")
+    status = EndpointStatus("sm", status="InService", instances_in_service=2, desired_instances=2)
+    actuator = CapacityActuator(cfg, status, dry_run=False)
+
+    async def run():
+        return [await actuator.apply(0, "idle", now) for now in (10.0, 11.0)]
+
+    failed, held = asyncio.run(run())
+    assert failed.action == "failed" and "ValidationException" in failed.reason
+    assert status.last_error.startswith("UpdateEndpointWeightsAndCapacities: ValidationException")
+    assert (status.status, status.desired_instances) == ("InService", 2)
+    assert held.action == "held" and "cooldown" in held.reason
+    assert current_count(aws, endpoint) == 2
