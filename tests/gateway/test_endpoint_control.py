@@ -125,30 +125,71 @@ def test_no_credentials_sets_last_error(aws, monkeypatch, tmp_path):
     assert status.instances_in_service == 1
 
 
-def test_throttling_keeps_last_known_state_then_recovers(aws):
-    from botocore.exceptions import ClientError
+class ThrottlingFront:
+    """A real HTTP server in front of moto that answers as AWS does when throttling.
+
+    While ``throttle`` is set every call gets AWS's JSON-protocol error (HTTP 400,
+    ``__type: ThrottlingException``); otherwise requests are forwarded to moto as sent.
+    """
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        import urllib.request
+
+        front = self
+        self.throttle = True
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if front.throttle:
+                    payload = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+                    status, headers = 400, {"x-amzn-ErrorType": "ThrottlingException",
+                                            "Content-Type": "application/x-amz-json-1.1"}
+                else:
+                    req = urllib.request.Request(upstream + self.path, data=body, method="POST",
+                                                 headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                    with urllib.request.urlopen(req) as r:
+                        payload, status = r.read(), r.status
+                        headers = {"Content-Type": r.headers.get("Content-Type", "application/x-amz-json-1.1")}
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttling_keeps_last_known_state_then_recovers(aws, moto_url):
+    from botocore.config import Config
 
     endpoint = make_endpoint(aws, instances=3)
-    real = boto3.client("sagemaker", region_name=REGION)
-
-    class Throttled:
-        throttle = True
-
-        def describe_endpoint(self, **kw):
-            if self.throttle:
-                error = {"Code": "ThrottlingException", "Message": "Rate exceeded"}
-                raise ClientError({"Error": error}, "DescribeEndpoint")
-            return real.describe_endpoint(**kw)
-
-    fake = Throttled()
-    status = EndpointStatus("sm", status="InService", instances_in_service=2, desired_instances=2, polled_at=1.0)
-    poller = EndpointPoller(backend_cfg(endpoint), status, lambda: fake)
-    asyncio.run(poller.poll(20.0))
-    assert status.last_error == "DescribeEndpoint: ThrottlingException: Rate exceeded"
-    assert (status.status, status.instances_in_service, status.polled_at) == ("InService", 2, 1.0)
-    fake.throttle = False
-    asyncio.run(poller.poll(40.0))
-    assert status.last_error is None and status.instances_in_service == 3 and status.polled_at == 40.0
+    front = ThrottlingFront(moto_url)
+    try:
+        client = boto3.client("sagemaker", region_name=REGION, endpoint_url=front.url,
+                              config=Config(retries={"mode": "standard", "max_attempts": 1}))
+        status = EndpointStatus("sm", status="InService", instances_in_service=2, desired_instances=2, polled_at=1.0)
+        poller = EndpointPoller(backend_cfg(endpoint), status, lambda: client)
+        asyncio.run(poller.poll(20.0))
+        assert status.last_error == "DescribeEndpoint: ThrottlingException: Rate exceeded"
+        assert (status.status, status.instances_in_service, status.polled_at) == ("InService", 2, 1.0)
+        front.throttle = False
+        asyncio.run(poller.poll(40.0))
+        assert status.last_error is None and status.instances_in_service == 3 and status.polled_at == 40.0
+    finally:
+        front.close()
 
 
 def actuate(cfg, dry_run, steps, cooldown_s=300.0, client=None):
