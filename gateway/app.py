@@ -24,6 +24,7 @@ from .backends import build_backend
 from .capacity_planner import CapacityPlanner
 from .config import ConfigError, GatewayConfig, load_config
 from .endpoint_clock import EndpointClock
+from .endpoint_control import CapacityActuator, EndpointPoller
 from .endpoint_state import EndpointStatus
 from .errors import GatewayError
 from .health import BackendHealth
@@ -56,7 +57,17 @@ class GatewayApp:
         self.endpoint_clock = EndpointClock(config, self.store, self.metrics, self.endpoints)
         self.proxy = Proxy(config, self.backends, self.live, self.accounting, self.health)
         self.planner = CapacityPlanner(config, policy, self.store, self.endpoints, self.metrics)
+        self.pollers = {
+            name: EndpointPoller(config.backends[name], status, interval_s=config.backends[name].poll_interval_s)
+            for name, status in self.endpoints.items() if config.backends[name].poll_interval_s > 0
+        }
+        self.actuators = {
+            name: CapacityActuator(config.backends[name], status, dry_run=config.routing.dry_run,
+                                   cooldown_s=config.backends[name].actuation_cooldown_s)
+            for name, status in self.endpoints.items()
+        }
         self.last_actuation: dict[str, dict] = {}
+        self._control_tasks: set[asyncio.Task] = set()
         ops = OpsRoutes(self)
         admin = AdminRoutes(self)
         self.routes = {
@@ -121,6 +132,8 @@ class GatewayApp:
         self.started = False
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in list(self._control_tasks):
+            task.cancel()
         await self.tick()  # the endpoint's last seconds and the last deltas are not lost
         await self.store.close()
         for backend in self.backends.values():
@@ -139,13 +152,29 @@ class GatewayApp:
         except Exception:  # noqa: BLE001
             log.exception("state sync failed")
         self.live.refresh(now)
+        for poller in self.pollers.values():
+            if poller.due(now):
+                self._in_background(poller.poll(now))  # boto3 in a thread, never on this tick's path
         if self.planner.due(now):
             try:
-                self.planner.plan(now)
+                decisions = self.planner.plan(now)
             except Exception:  # noqa: BLE001 — a policy bug must not stop accrual and sync
                 log.exception("capacity planning failed")
+                decisions = {}
+            for name, decision in decisions.items():
+                self._in_background(self._actuate(name, decision, now))
         self._reload_if_changed()
         self.access_log.flush()
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _actuate(self, name: str, decision, now: float) -> None:
+        """Acts on the recommendation only when ``routing.dry_run`` is off (the actuator knows)."""
+        result = await self.actuators[name].apply(decision.instances, decision.reason, now)
+        self.last_actuation[name] = result.as_dict()
 
     # -- config reload ---------------------------------------------------------
     def _config_mtime(self) -> float | None:
@@ -187,6 +216,8 @@ class GatewayApp:
         for part in (self.live, self.accounting, self.endpoint_clock, self.proxy, self.planner):
             part.config = config
         self.accounting.reindex_prices()
+        for actuator in self.actuators.values():
+            actuator.dry_run = config.routing.dry_run
         self.live.set_policy(policy)
         self.planner.policy = policy
         self.live.refresh(self.clock())

@@ -61,6 +61,8 @@ class SageMakerBackendConfig:
     wire_format: str = "messages"  # or "tgi"
     variant_name: str = "AllTraffic"
     endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME / AWS default
+    poll_interval_s: float = 15.0  # DescribeEndpoint cadence (control plane); 0 = never poll
+    actuation_cooldown_s: float = 300.0  # seconds between two capacity changes
     timeout_s: float = 600.0
     max_connections: int = 1000
     type: str = "sagemaker"
@@ -237,6 +239,8 @@ def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
         wire_format=r.get("wire_format", str, "messages", choices=("messages", "tgi")),
         variant_name=r.get("variant_name", str, "AllTraffic"),
         endpoint_url=r.get("endpoint_url", str, None),
+        poll_interval_s=r.get("poll_interval_s", float, 15.0, minimum=0),
+        actuation_cooldown_s=r.get("actuation_cooldown_s", float, 300.0, minimum=0),
         timeout_s=r.get("timeout_s", float, 600.0, minimum=0.1),
         max_connections=r.get("max_connections", int, 1000, minimum=1),
     )

@@ -176,3 +176,15 @@ def persistent_redis_server():
     _redis_binary_or_fail()
     with RedisServer(persistent=True) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """moto in server mode on a free loopback port: the SageMaker control plane's stand-in."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -47,6 +47,7 @@ def standin_config(openai, sagemaker=None, **sections) -> dict:
             "type": "sagemaker", "endpoint_name": "standin-endpoint", "region": "us-east-1",
             "endpoint_url": sagemaker.base_url, "instance_type": "ml.g5.xlarge", "instance_count": 1,
             "hourly_price_usd": "1.408", "max_tokens_per_second": 300, "context_window": 8192,
+            "poll_interval_s": 0,  # no control plane here; tests/gateway/test_control_wiring.py has moto
         }
         routes.append({"backend": "sagemaker", "model": "gpt-4o-mini"})
     cfg = {

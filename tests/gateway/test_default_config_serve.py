@@ -29,7 +29,9 @@ def served(openai_standin, sagemaker_standin):
            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": sagemaker_standin.base_url,
            "SAGEMAKER_ENDPOINT_NAME": "standin-endpoint", "AWS_REGION": "us-east-1",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "GATEWAY_API_KEYS": "gw-test-key"}
+           "GATEWAY_API_KEYS": "gw-test-key",
+           # the control-plane poller must not look for AWS: a closed loopback port answers it
+           "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9"}
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", os.path.join(ROOT, "config.yaml"),

@@ -14,23 +14,13 @@ from decimal import Decimal
 import boto3
 import pytest
 from moto.backends import get_backend
-from moto.server import ThreadedMotoServer
+
+from aws_standin import ACCOUNT, REGION, make_endpoint
 
 from gateway.config import SageMakerBackendConfig
 from gateway.endpoint_control import CapacityActuator, EndpointPoller
 from gateway.endpoint_state import EndpointStatus
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"  # moto's default account
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +36,6 @@ def aws(moto_url, test_client, monkeypatch):
     return test_client
 
 
-def make_endpoint(sm, instances: int = 2) -> str:
-    name = f"ep-{uuid.uuid4().hex[:10]}"
-    sm.create_model(ModelName=name, ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/sm",
-                    PrimaryContainer={"Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/llm:latest"})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": instances,
-        "InstanceType": "ml.g4dn.xlarge",  # moto's instance list predates ml.g5
-    }])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    return name
 
 
 def backend_cfg(endpoint: str, min_instances=0, max_instances=4, variant="AllTraffic") -> SageMakerBackendConfig:

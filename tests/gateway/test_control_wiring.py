@@ -1,0 +1,73 @@
+"""The running gateway reads its endpoint from the control plane (moto) and acts only when told to."""
+from __future__ import annotations
+
+import time
+
+import boto3
+import httpx
+import pytest
+from aws_standin import REGION, make_endpoint
+from gateway_harness import RunningGateway, build_config, standin_config
+from openai import OpenAI
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def control_plane(moto_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", moto_url)
+    return boto3.client("sagemaker", region_name=REGION, endpoint_url=moto_url)
+
+
+def _gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run):
+    data = standin_config(openai_standin, sagemaker_standin,
+                          routing={"policy": "break_even", "capacity_interval_s": 0.3, "dry_run": dry_run})
+    sm = data["backends"]["sagemaker"]
+    sm.update(endpoint_name=endpoint, poll_interval_s=0.3, instance_count=0, min_instances=0, max_instances=3,
+              actuation_cooldown_s=0)
+    data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
+    return build_config(data, openai=openai_standin)
+
+
+def _instances(sm, endpoint):
+    return sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemaker_standin, control_plane, dry_run):
+    endpoint = make_endpoint(control_plane, instances=1)
+    # the runtime stand-in serves one fixed endpoint name: answer for this one too
+    sagemaker_standin.endpoints.add(endpoint)
+    with RunningGateway(_gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run)) as gw:
+        # the configured instance_count (0) is replaced by what DescribeEndpoint says
+        assert _wait(lambda: gw.app.endpoints["sagemaker"].status == "InService"
+                     and gw.app.endpoints["sagemaker"].instances_in_service == 1)
+        # 120 answers of 1,500 tokens within the 5-minute window: ~1,440 requests/h × 1,500 tokens
+        # is ~2 instances of 300 tokens/s
+        openai_standin.script(prompt_tokens=3000, completion_tokens=1500)
+        sagemaker_standin.script(prompt_tokens=3000, completion_tokens=1500)
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        for _ in range(120):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+        def acted():
+            last = httpx.get(f"{gw.url}/admin/routing").json()["endpoints"]["sagemaker"]["last_actuation"]
+            # before the traffic the honest answer is "no_traffic" → 0; wait for the scale-up
+            return last is not None and last["action"] in ("would_update", "updated") and last["target"] > 1
+
+        assert _wait(acted), str(httpx.get(f"{gw.url}/admin/routing").json()["endpoints"])
+        last = gw.app.last_actuation["sagemaker"]
+        assert last["dry_run"] is dry_run and last["target"] > 1
+        if dry_run:
+            assert _instances(control_plane, endpoint) == 1
+        else:
+            assert _wait(lambda: _instances(control_plane, endpoint) == last["target"])
