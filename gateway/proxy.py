@@ -116,8 +116,11 @@ class Proxy:
         return c
 
     def load_tokenizers(self) -> None:
+        """Chat models' encodings, at start. Embedding models' are loaded only if an upstream
+        ever omits ``usage`` (about 30 MB for cl100k_base that is otherwise never needed)."""
         for model in self.config.models.values():
-            self._counter(model)
+            if model.kind == "chat":
+                self._counter(model)
 
     def _plan(self, model, pinned, decision_backend: str) -> list:
         """The chosen route first, then one other backend to fail over to (not when pinned)."""
@@ -204,7 +207,8 @@ class Proxy:
         elif stream:
             await self._stream(receive, send, rec, req, counter, reply)
         else:
-            await self._plain(send, rec, counter, reply, _chat_text)
+            await self._plain(send, rec, reply, lambda: rec.prompt_tokens_counted,
+                              lambda parsed: counter.text(_chat_text(parsed)))
 
     async def _relay_error(self, send, rec, reply) -> None:
         rec.status = _map_upstream_status(reply.status)
@@ -212,7 +216,7 @@ class Proxy:
         self.accounting.finish(rec)
         await send_bytes(send, rec.status, upstream_error_body(reply.status, reply.body), self._headers(rec, False))
 
-    async def _plain(self, send, rec, counter, reply, text_of) -> None:
+    async def _plain(self, send, rec, reply, count_prompt, count_completion) -> None:
         try:
             parsed = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
@@ -221,11 +225,11 @@ class Proxy:
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
         found = usage_from_openai(parsed.get("usage"))
-        if found is not None:
-            prompt = found[0] if found[0] >= 0 else rec.prompt_tokens_counted
-            rec.usage = Usage(prompt, found[1], found[2], from_upstream=found[0] >= 0)
+        if found is not None and found[0] >= 0:
+            rec.usage = Usage(found[0], found[1], found[2], from_upstream=True)
         else:
-            rec.usage = Usage(rec.prompt_tokens_counted, counter.text(text_of(parsed)), 0, False)
+            completion = found[1] if found is not None else count_completion(parsed)
+            rec.usage = Usage(count_prompt(), completion, 0, False)
         rec.status = 200
         self.accounting.settle(rec)
         await send_bytes(send, 200, reply.body, self._headers(rec, True))
@@ -289,9 +293,9 @@ class Proxy:
                 raise bad_request("'input' must be a non-empty string or array.", param="input")
             model, pinned = self._resolve(req, "embeddings")
             rec.model = model.name
-            counter = self._counter(model)
-            rec.prompt_tokens_counted = counter.embedding_input(req.get("input"))
-            decision = self.live.decide(model.name, pinned, rec.prompt_tokens_counted, None, time.time())
+            # counted only if the upstream does not say (see load_tokenizers); routing needs no count:
+            # embeddings go to API backends only
+            decision = self.live.decide(model.name, pinned, 0, None, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
             reply = await self._call(rec, model, pinned, req, raw, False,
                                      lambda b, body: b.embeddings(body))
@@ -301,7 +305,8 @@ class Proxy:
         if reply.status >= 300:
             await self._relay_error(send, rec, reply)
         else:
-            await self._plain(send, rec, counter, reply, lambda parsed: "")
+            await self._plain(send, rec, reply, lambda: self._counter(model).embedding_input(req.get("input")),
+                              lambda parsed: 0)
 
 
 def _chat_text(parsed: dict) -> str:
