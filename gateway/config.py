@@ -365,6 +365,13 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
     try:
+        return _load(path, env)
+    finally:
+        cost_map.forget()  # ~5 MB of prices for 4,800 models; the few in use are copied into the config
+
+
+def _load(path: str, env: Mapping[str, str] | None) -> GatewayConfig:
+    try:
         with open(path, "rb") as f:
             data = yaml.safe_load(f)
     except OSError as e:

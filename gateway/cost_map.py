@@ -29,6 +29,11 @@ def _cost_map() -> dict:
         return json.load(f)
 
 
+def forget() -> None:
+    """Drop the parsed map; the next lookup reads the file again."""
+    _cost_map.cache_clear()
+
+
 def _per_mtok(value) -> Decimal | None:
     # str() first: the map's floats (1.5e-07) become exact decimals, not binary noise
     return None if value is None else Decimal(str(value)) * _PER_MTOK

@@ -1,8 +1,8 @@
 """A SageMaker real-time endpoint serving an OpenAI-messages container (pay per instance-hour).
 
 The request path is the real AWS one, without boto3's blocking client: botocore
-resolves the endpoint URL (honouring ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``) and
-the credential chain once, each request is SigV4-signed by botocore's signer and
+resolves the credential chain once, the endpoint URL honours
+``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, each request is SigV4-signed by botocore's signer and
 sent on the same pooled aiohttp session as the API backend, and streams are
 decoded with botocore's own event-stream parser. litellm's ``sagemaker_chat``
 provider was not used: it ignores the endpoint override and leaks its URL
@@ -10,6 +10,7 @@ override into the request body.
 """
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 from urllib.parse import quote
 
@@ -20,19 +21,37 @@ from .http_pool import HttpPool
 from .sagemaker_codec import codec_for
 
 
+def runtime_endpoint_url(region: str, configured: str | None, env=os.environ) -> str:
+    """Where InvokeEndpoint goes, in the order the AWS SDKs use.
+
+    Config ``endpoint_url``, then ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, then the
+    global ``AWS_ENDPOINT_URL`` (both ignored under
+    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``), then the regional default. Resolved
+    here rather than by building a botocore client: the client's service model and
+    endpoint rules cost ~7 MB per process for one string. Not covered: per-service
+    ``endpoint_url`` in ``~/.aws/config`` and FIPS/dual-stack variants (set
+    ``endpoint_url`` in the gateway config for those).
+    """
+    if configured:
+        return configured.rstrip("/")
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
+        for var in ("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", "AWS_ENDPOINT_URL"):
+            if env.get(var):
+                return env[var].rstrip("/")
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://runtime.sagemaker.{region}.{suffix}"
+
+
 class SigV4Signer:
     """Signs requests for service ``sagemaker`` with the standard AWS credential chain."""
 
-    def __init__(self, region: str, endpoint_url: str | None):
+    def __init__(self, region: str):
         import botocore.session
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        session = botocore.session.get_session()
-        client = session.create_client("sagemaker-runtime", region_name=region, endpoint_url=endpoint_url)
-        self.endpoint_url = client.meta.endpoint_url.rstrip("/")
         self.region = region
-        self._credentials = session.get_credentials()
+        self._credentials = botocore.session.get_session().get_credentials()
         self._auth_cls, self._request_cls = SigV4Auth, AWSRequest
 
     def sign(self, url: str, body: bytes, headers: dict) -> dict:
@@ -56,8 +75,9 @@ class SageMakerBackend:
         self._signer: SigV4Signer | None = None
 
     async def start(self) -> None:
-        self._signer = SigV4Signer(self.cfg.region, self.cfg.endpoint_url)
-        base = f"{self._signer.endpoint_url}/endpoints/{quote(self.cfg.endpoint_name, safe='')}"
+        self._signer = SigV4Signer(self.cfg.region)
+        endpoint_url = runtime_endpoint_url(self.cfg.region, self.cfg.endpoint_url)
+        base = f"{endpoint_url}/endpoints/{quote(self.cfg.endpoint_name, safe='')}"
         self._url = f"{base}/invocations"
         self._stream_url = f"{base}/invocations-response-stream"
         await self._pool.start()

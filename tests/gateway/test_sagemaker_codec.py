@@ -278,3 +278,16 @@ def test_tgi_stream_error_event_raises():
            b'"error_type": "generation"}\n\n'
     with pytest.raises(UpstreamUnavailable, match="generation"):
         decode_tgi_stream(payload_part(sse))
+
+
+def test_runtime_endpoint_url_follows_the_sdk_order():
+    from gateway.backends.sagemaker import runtime_endpoint_url
+
+    assert runtime_endpoint_url("eu-west-1", None, {}) == "https://runtime.sagemaker.eu-west-1.amazonaws.com"
+    assert runtime_endpoint_url("cn-north-1", None, {}) == "https://runtime.sagemaker.cn-north-1.amazonaws.com.cn"
+    env = {"AWS_ENDPOINT_URL": "http://global:1", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": "http://svc:2/"}
+    assert runtime_endpoint_url("us-east-1", None, env) == "http://svc:2"
+    assert runtime_endpoint_url("us-east-1", None, {"AWS_ENDPOINT_URL": "http://global:1"}) == "http://global:1"
+    assert runtime_endpoint_url("us-east-1", "http://cfg:3", env) == "http://cfg:3"
+    ignored = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+    assert runtime_endpoint_url("us-east-1", None, ignored) == "https://runtime.sagemaker.us-east-1.amazonaws.com"
