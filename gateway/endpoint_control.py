@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -31,14 +32,22 @@ _DESCRIBE = "DescribeEndpoint"
 _UPDATE = "UpdateEndpointWeightsAndCapacities"
 
 
+# botocore's SageMaker model cut down to the two calls made here (scripts/trim_aws_model.py):
+# the full model costs ~26 MB per process once loaded, the cut one ~1 MB.
+AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aws_models")
+
+
 def sagemaker_client(region: str) -> Any:
     """A boto3 ``sagemaker`` client; boto3 is imported here because importing it costs ~0.3 s."""
     import boto3
+    import botocore.session
     from botocore.config import Config
 
+    session = botocore.session.get_session()
+    session.get_component("data_loader").search_paths.insert(0, AWS_MODELS_DIR)
     # Bounded: a hung control plane must not hold the worker thread (or an actuation) forever.
     config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
-    return boto3.session.Session().client("sagemaker", region_name=region, config=config)
+    return boto3.session.Session(botocore_session=session).client("sagemaker", region_name=region, config=config)
 
 
 def _describe_error(e: Exception) -> str:

@@ -275,3 +275,24 @@ def test_rejected_update_surfaces_as_last_error_and_is_not_retried_every_tick(aw
     assert (status.status, status.desired_instances) == ("InService", 2)
     assert held.action == "held" and "cooldown" in held.reason
     assert current_count(aws, endpoint) == 2
+
+
+def test_cut_down_model_matches_botocores_for_the_calls_made():
+    """gateway/aws_models is botocore's SageMaker model restricted to two calls (scripts/trim_aws_model.py)."""
+    import json
+    import os
+
+    import botocore.loaders
+
+    from gateway.endpoint_control import AWS_MODELS_DIR
+
+    loader = botocore.loaders.Loader()
+    version = loader.determine_latest_version("sagemaker", "service-2")
+    full = loader.load_service_model("sagemaker", "service-2", version)
+    with open(os.path.join(AWS_MODELS_DIR, "sagemaker", version, "service-2.json")) as f:
+        cut = json.load(f)
+    assert set(cut["operations"]) == {"DescribeEndpoint", "UpdateEndpointWeightsAndCapacities"}
+    strip = lambda v: {k: strip(x) for k, x in v.items() if k != "documentation"} if isinstance(v, dict) else v  # noqa: E731
+    for name, shape in cut["shapes"].items():
+        assert strip(full["shapes"][name]) == shape, f"{name} differs: rerun scripts/trim_aws_model.py"
+    assert cut["metadata"] == strip(full["metadata"])
