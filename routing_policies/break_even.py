@@ -12,7 +12,8 @@ minimises expected spend (see ``capacity``), with two brakes against flapping:
 * down: only after ``min_dwell_s`` since the last change, and only if even the
   recent volume inflated by ``1 / (1 − hysteresis)`` still favours fewer instances,
   i.e. the volume stayed below the break-even threshold × (1 − hysteresis) over every
-  window no longer than ``max(forecast_window_s, min_dwell_s)``.
+  window from ``forecast_window_s`` to ``max(forecast_window_s, min_dwell_s)``, counting
+  each window's requests at the upper end of their Poisson noise (``noise_z``).
 
 When even a fully used instance costs more than the API would charge for its traffic,
 the answer is ``min_instances`` with reason ``endpoint_never_pays_off`` and
@@ -56,8 +57,13 @@ class BreakEven:
     payback_s: 1800 — seconds over which a scale-up must recover its start-up billing.
     burst_window_s: 10 — seconds over which the router measures endpoint load (bursts
         shorter than this are smoothed by the endpoint, longer ones overflow).
-    size_cv: 1.0 — coefficient of variation of request size (capacity tokens); larger
-        means burstier load, so more instances for the same mean volume.
+    size_cv: 1.0 — coefficient of variation of request size (capacity tokens; the Azure
+        2023 traces have 0.7–1.0); larger means burstier load, so more instances for the
+        same mean volume.
+    peakedness: 1.5 — load variance over the Poisson variance (clumped arrivals, sliding
+        load window); see ``capacity``. 1 is pure Poisson.
+    noise_z: 2.0 — before scaling down, the measured request count N is raised to
+        N + noise_z × √N: a quiet five minutes at low volume is not yet a trend.
     min_mix_requests: 20 — the prompt/completion mix comes from the longest window with
         at least this many requests (the longest window otherwise).
     """
@@ -66,11 +72,13 @@ class BreakEven:
 
     def __init__(self, forecast_window_s: float = 300.0, hysteresis: float = 0.15,
                  min_dwell_s: float = 900.0, payback_s: float = 1800.0, burst_window_s: float = 10.0,
-                 size_cv: float = 1.0, min_mix_requests: int = 20):
+                 size_cv: float = 1.0, peakedness: float = 1.5, noise_z: float = 2.0,
+                 min_mix_requests: int = 20):
         checks = {
             "forecast_window_s": forecast_window_s > 0, "hysteresis": 0 <= hysteresis < 1,
             "min_dwell_s": min_dwell_s >= 0, "payback_s": payback_s > 0,
-            "burst_window_s": burst_window_s > 0, "size_cv": size_cv >= 0,
+            "burst_window_s": burst_window_s > 0, "size_cv": size_cv >= 0, "peakedness": peakedness > 0,
+            "noise_z": noise_z >= 0,
             "min_mix_requests": min_mix_requests >= 1,
         }
         for key, ok in checks.items():
@@ -82,6 +90,8 @@ class BreakEven:
         self.payback_s = float(payback_s)
         self.burst_window_s = float(burst_window_s)
         self.size_cv = float(size_cv)
+        self.peakedness = float(peakedness)
+        self.noise_z = float(noise_z)
         self.min_mix_requests = int(min_mix_requests)
 
     # -- per request ---------------------------------------------------------------------
@@ -127,8 +137,7 @@ class BreakEven:
         if best < current:
             if not dwelt:
                 return CapacityDecision(current, "min_dwell", be, rph, details)
-            horizon = max(self.forecast_window_s, self.min_dwell_s)
-            recent = max(w.per_hour(w.requests) for w in windows if w.seconds <= horizon or w is fore)
+            recent = self._upper_rate(windows, fore)
             down, _ = self._cheapest(spec, mix, recent * cap_per_req / (1.0 - self.hysteresis))
             if down < current:
                 return CapacityDecision(down, "volume_below_break_even", be, rph, details)
@@ -136,8 +145,21 @@ class BreakEven:
         return CapacityDecision(current, "at_cheapest", be, rph, details)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _upper_rate(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow) -> float:
+        """Requests/hour that the recent volume is confidently below (Poisson upper bound).
+
+        Windows from the forecast window up to ``max(forecast_window_s, min_dwell_s)``: the
+        volume has to have stayed low, and a count of N requests is only known to ±√N.
+        """
+        horizon = max(self.forecast_window_s, self.min_dwell_s)
+        rates = [
+            w.per_hour(w.requests + self.noise_z * w.requests ** 0.5)
+            for w in windows if w is fore or fore.seconds <= w.seconds <= horizon
+        ]
+        return max(rates)
+
     def _cheapest(self, spec, mix, volume_per_hour):
-        return cheapest_instances(spec, mix, volume_per_hour, self.burst_window_s, self.size_cv)
+        return cheapest_instances(spec, mix, volume_per_hour, self.burst_window_s, self.size_cv, self.peakedness)
 
     def _mix(self, windows: tuple[VolumeWindow, ...], ctx: CapacityContext) -> TrafficMix:
         chosen = max(windows, key=lambda w: w.seconds)

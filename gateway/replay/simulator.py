@@ -4,8 +4,12 @@ The simulated world, and why it matches the live gateway:
 
 * Every ``capacity_interval_s`` of simulated time the policy's ``plan_capacity`` gets the
   same ``CapacityContext`` the live gateway builds: volume windows (requests, prompt and
-  completion tokens of this model over the last 60 s, 300 s, 3600 s), instances in
-  service, the previous target and when it last changed. The simulated endpoint then
+  completion tokens over the last 60 s, 300 s, 3600 s), instances in service, the
+  previous target and when it last changed. The windows count the traffic the endpoint
+  *could* serve: requests of this model whose prompt + max_tokens fit its context
+  window. Requests that can only go to the API do not change what an instance is worth,
+  and counting them made the endpoint look profitable on long-prompt traffic
+  (Mooncake: 46 % of requests are too long for 8k, and they are the prompt-heavy ones). The simulated endpoint then
   *follows* the decision, as if actuation were on: new instances are billed at once and
   serve ``startup_s`` later; removed instances stop billing at once, youngest (still
   starting) first.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
@@ -138,6 +143,15 @@ def _windows(arr, cum_p, cum_c, now: float, windows_s) -> tuple[VolumeWindow, ..
     return tuple(out)
 
 
+def _fitting(trace: Trace, context_window: int | None):
+    """Arrival times and token counts of the requests that fit the endpoint's context window."""
+    if context_window is None:
+        return trace.arrival_s, trace.prompt_tokens, trace.completion_tokens
+    keep = [i for i, (p, c) in enumerate(zip(trace.prompt_tokens, trace.completion_tokens)) if p + c <= context_window]
+    return (array("d", (trace.arrival_s[i] for i in keep)), array("q", (trace.prompt_tokens[i] for i in keep)),
+            array("q", (trace.completion_tokens[i] for i in keep)))
+
+
 def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon_s: float | None = None,
              params: dict | None = None, progress: Progress | None = None, chunk: int = 50_000) -> ReplayResult:
     """Replay ``trace`` through ``policy``; see the module docstring for the model."""
@@ -146,8 +160,9 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     arr, pr, co = trace.arrival_s, trace.prompt_tokens, trace.completion_tokens
     n = len(arr)
     horizon = default_horizon(trace, setup.capacity_interval_s) if horizon_s is None else horizon_s
-    cum_p = [0, *accumulate(pr)]
-    cum_c = [0, *accumulate(co)]
+    fit_t, fit_p, fit_c = _fitting(trace, spec.context_window)
+    cum_p = [0, *accumulate(fit_p)]  # prefix sums of the requests the endpoint could serve
+    cum_c = [0, *accumulate(fit_c)]
     windows_s = tuple(sorted(setup.windows_s))
     res = ReplayResult(policy.name, dict(params or {}), requests=n, horizon_s=horizon)
 
@@ -185,7 +200,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
         while pending and pending[0] <= now:
             pending.popleft()
             serving += 1
-        wins = _windows(arr, cum_p, cum_c, now, windows_s)
+        wins = _windows(fit_t, cum_p, cum_c, now, windows_s)
         mid = wins[len(wins) // 2]
         if mid.requests > 0:
             exp_completion = mid.completion_tokens / mid.requests
@@ -257,7 +272,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
         next_tick += interval
     inst_seconds += provisioned * max(0.0, horizon - last_bill)
 
-    total_p, total_c = cum_p[-1], cum_c[-1]
+    total_p, total_c = sum(pr), sum(co)
     res.endpoint_requests, res.endpoint_prompt_tokens, res.endpoint_completion_tokens = ep_req, ep_p, ep_c
     res.api_requests = n - ep_req
     res.api_prompt_tokens, res.api_completion_tokens = total_p - ep_p, total_c - ep_c

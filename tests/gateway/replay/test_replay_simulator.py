@@ -156,3 +156,30 @@ def test_break_even_replay_is_never_above_the_baselines_on_a_steady_trace():
     best = hindsight_optimum(trace, setup, 60.0, 7200.0).spend_usd
     assert spend["break_even"] <= min(spend["always_api"], spend["always_selfhosted"])
     assert spend["break_even"] <= 1.10 * best
+
+
+class WindowSpy:
+    name = "spy"
+
+    def __init__(self):
+        self.contexts = []
+
+    def route(self, ctx):
+        return Decision("openai", "spy")
+
+    def plan_capacity(self, ctx):
+        self.contexts.append(ctx)
+        return CapacityDecision(0, "spy")
+
+
+def test_capacity_windows_count_only_what_the_endpoint_could_serve():
+    spy = WindowSpy()
+    simulate(HAND, spy, SETUP, horizon_s=30.0)
+    at_20 = next(c for c in spy.contexts if c.now_s == 20.0)
+    by_len = {w.seconds: w for w in at_20.windows}
+    # before t=20: r1, r2, r3 fit; r4 (95 + 10 > 100) can only go to the API and is left out
+    assert by_len[60.0].requests == 3
+    assert (by_len[60.0].prompt_tokens, by_len[60.0].completion_tokens) == (30, 115)
+    # the 60-s window at t=20 reaches back before the trace start: it keeps its nominal length
+    assert [w.seconds for w in at_20.windows] == [60.0, 300.0, 3600.0]
+    assert [c.now_s for c in spy.contexts] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
