@@ -64,7 +64,8 @@ LITELLM_PRESETS = {
 # env that must never leak into a benchmarked gateway (would add DB/cache work)
 SCRUB_ENV = ["DATABASE_URL", "REDIS_HOST", "REDIS_URL", "REDIS_PORT", "LITELLM_MASTER_KEY", "STORE_MODEL_IN_DB",
              "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "GATEWAY_CONFIG",
-             "GATEWAY_API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "AWS_PROFILE", "AWS_SESSION_TOKEN"]
+             "GATEWAY_API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "AWS_PROFILE", "AWS_SESSION_TOKEN",
+             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"]
 
 
 def log(*a):
@@ -529,7 +530,9 @@ def main():
                                         capture_output=True, text=True).stdout.strip()
         env = dict(base_env)
         env.update(GATEWAY_ENV)
-        env.update({"GATEWAY_API_KEYS": a.api_key, "BENCH_UPSTREAM_ROOT": mock_base})
+        # the SageMaker control plane (DescribeEndpoint poller) goes to the mock too, not to AWS
+        env.update({"GATEWAY_API_KEYS": a.api_key, "BENCH_UPSTREAM_ROOT": mock_base,
+                    "AWS_ENDPOINT_URL_SAGEMAKER": mock_base})
         argv = [gw_bin, "serve", "--config", GATEWAY_CONFIG, "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers)]
         name, cpus, redis = "ours", a.proxy_cpus, None

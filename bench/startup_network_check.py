@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -30,6 +31,10 @@ LOOPBACK = re.compile(r"^(127\.|::1$|::ffff:127\.)")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="dir for the strace log (default: a temp dir)")
+    ap.add_argument("--control-plane", choices=("mock", "aws"), default="mock",
+                    help="where the SageMaker DescribeEndpoint poller goes: the mock (AWS_ENDPOINT_URL_SAGEMAKER, "
+                         "default) or AWS's own endpoint, as a deployment without the override would")
+    ap.add_argument("--settle-s", type=float, default=2.0, help="keep tracing this long after the first 200")
     a = ap.parse_args()
     if shutil.which("strace") is None:
         print("startup network check: SKIPPED (strace not installed)")
@@ -45,6 +50,8 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k not in compare.SCRUB_ENV}
     env.update(compare.GATEWAY_ENV)
     env.update({"GATEWAY_API_KEYS": "sk-bench-1234", "BENCH_UPSTREAM": mock_base + "/v1", "BENCH_UPSTREAM_ROOT": mock_base})
+    if a.control_plane == "mock":
+        env["AWS_ENDPOINT_URL_SAGEMAKER"] = mock_base
     mock = compare.Managed("mock", [py, os.path.join(HERE, "mock_upstream.py"), "--port", str(mock_port)], env, out,
                            os.path.join(out, "mock.log"))
     gw = compare.Managed("gateway", ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", trace,
@@ -55,6 +62,7 @@ def main() -> int:
         compare.wait_ready(mock_base, None, "gpt-4o-mini", mock, 15)
         gw.start()
         startup = compare.wait_ready("http://127.0.0.1:%d" % gw_port, "sk-bench-1234", "gpt-4o-mini", gw, 120)
+        time.sleep(a.settle_s)  # the first state tick (and its background control-plane poll) runs by then
     finally:
         gw.stop()
         mock.stop()
@@ -69,8 +77,9 @@ def main() -> int:
                 inside += 1
             else:
                 outside.append(line.strip())
-    print("startup network check: %d connect/send calls to loopback, %d to other addresses "
-          "(first 200 after %.2fs under strace; trace %s)" % (inside, len(outside), startup, trace))
+    print("startup network check (control plane: %s): %d connect/send calls to loopback, %d to other addresses "
+          "(first 200 after %.2fs under strace, traced %.0fs more; trace %s)" % (
+              a.control_plane, inside, len(outside), startup, a.settle_s, trace))
     for line in outside[:20]:
         print("  " + line)
     return 1 if outside else 0

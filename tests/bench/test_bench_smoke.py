@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH = os.path.join(REPO, "bench")
 KEY = "sk-bench-1234"
 # Never inherited: they would point the gateway at shared state or other configs.
-SCRUB = ("REDIS_URL", "GATEWAY_CONFIG", "GATEWAY_API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "AWS_PROFILE")
+SCRUB = ("REDIS_URL", "GATEWAY_CONFIG", "GATEWAY_API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "AWS_PROFILE",
+         "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME")
 
 
 def _free_port() -> int:
@@ -77,7 +78,8 @@ def mock_and_gateway(tmp_path, bench_env):
     """(mock base URL, gateway base URL, gateway log path): both running until the test ends."""
     mock_port, gw_port = _free_port(), _free_port()
     mock_url, gw_url = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gw_port}"
-    env = dict(bench_env, GATEWAY_API_KEYS=KEY, BENCH_UPSTREAM=mock_url + "/v1", BENCH_UPSTREAM_ROOT=mock_url)
+    env = dict(bench_env, GATEWAY_API_KEYS=KEY, BENCH_UPSTREAM=mock_url + "/v1", BENCH_UPSTREAM_ROOT=mock_url,
+               AWS_ENDPOINT_URL_SAGEMAKER=mock_url)  # the DescribeEndpoint poller, too
     gw_log = tmp_path / "gateway.log"
     procs = []
     try:
