@@ -11,7 +11,9 @@
 # and write $BENCH_DIR/results/<timestamp>/report.txt.
 # Env: BENCH_DIR (default $TMPDIR/gateway-bench), LITELLM_VERSION (default 1.108.7),
 # REDIS_URL (default redis://127.0.0.1:6379/0). Extra args go to step 1 (compare.py).
-# Flags: --quick, --no-litellm, --no-multiworker, --no-tokens.
+# Flags: --quick, --no-litellm, --no-multiworker, --no-tokens, --commit REF (benchmark that
+# commit, unpacked under $BENCH_DIR/src-<sha> with its own venv, instead of the working
+# tree: the numbers then belong to one commit even while the tree changes).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
@@ -21,9 +23,11 @@ LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
 export LITELLM_VENV="${LITELLM_VENV:-$BENCH_DIR/venv-litellm}"
 export GATEWAY_VENV="${GATEWAY_VENV:-$BENCH_DIR/venv-gateway}"
 
-QUICK=() LITELLM=(--litellm lean) MULTI=1 TOKENS=1 PASS=()
-for arg in "$@"; do
+QUICK=() LITELLM=(--litellm lean) MULTI=1 TOKENS=1 PASS=() COMMIT=""
+while [ $# -gt 0 ]; do
+  arg="$1"; shift
   case "$arg" in
+    --commit) COMMIT="$1"; shift ;;
     --quick) QUICK=(--quick) ;;
     --no-litellm) LITELLM=(--litellm '') ;;
     --no-multiworker) MULTI=0 ;;
@@ -33,6 +37,17 @@ for arg in "$@"; do
 done
 
 mkdir -p "$BENCH_DIR"
+SRC="$REPO"
+if [ -n "$COMMIT" ]; then
+  SHA="$(git -C "$REPO" rev-parse --short "$COMMIT")"
+  SRC="$BENCH_DIR/src-$SHA"
+  GATEWAY_VENV="$BENCH_DIR/venv-gateway-$SHA"
+  export GATEWAY_VENV
+  if [ ! -d "$SRC" ]; then
+    mkdir -p "$SRC"
+    git -C "$REPO" archive "$SHA" | tar -x -C "$SRC"
+  fi
+fi
 pipi() { "$1/bin/pip" install -q --disable-pip-version-check "${@:2}"; }
 if [ ! -x "$BENCH_DIR/venv-bench/bin/python" ]; then
   echo "building $BENCH_DIR/venv-bench (load generator + mock)" >&2
@@ -40,9 +55,9 @@ if [ ! -x "$BENCH_DIR/venv-bench/bin/python" ]; then
   pipi "$BENCH_DIR/venv-bench" -c "$REPO/constraints.txt" uvloop httptools orjson
 fi
 if [ ! -x "$GATEWAY_VENV/bin/gateway" ]; then
-  echo "building $GATEWAY_VENV (this gateway, editable, pinned deps)" >&2
+  echo "building $GATEWAY_VENV (this gateway from $SRC, editable, pinned deps)" >&2
   python3 -m venv "$GATEWAY_VENV"
-  (cd "$REPO" && pipi "$GATEWAY_VENV" -c constraints.txt -e .)
+  (cd "$SRC" && pipi "$GATEWAY_VENV" -c constraints.txt -e .)
 fi
 if [ "${LITELLM[1]}" != "" ] && [ ! -x "$LITELLM_VENV/bin/litellm" ]; then
   echo "building $LITELLM_VENV (litellm[proxy]==$LITELLM_VERSION)" >&2
@@ -73,7 +88,8 @@ fi
 {
   echo "# gateway overhead benchmark: $(date '+%Y-%m-%d %H:%M %Z'), $(( ($(date +%s) - T0) / 60 )) min"
   echo "# command: bench/run.sh $*"
-  echo "# repo: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') $(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '(uncommitted changes present)')"
+  if [ -n "$COMMIT" ]; then echo "# gateway: commit $SHA ($SRC)"
+  else echo "# gateway: working tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') $(git -C "$REPO" status --porcelain -- gateway routing_policies 2>/dev/null | grep -q . && echo '+ uncommitted changes in gateway/ or routing_policies/')"; fi
   echo
   echo "## 1. direct / LiteLLM / this gateway"; cat "$OUT/compare.txt"; echo
   [ -f "$OUT/tokens.txt" ] && { echo "## 2. token counting"; cat "$OUT/tokens.txt"; echo; }
