@@ -100,6 +100,10 @@ def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--scale", type=float, help="multiply the hourly volumes by this")
     size.add_argument("--peak-per-hour", type=float, help="scale so the busiest hour expects this many requests")
+    parser.add_argument("--burst-mean", type=float, default=1.0, metavar="N",
+                        help="requests per arrival clump, on average (default 1: plain Poisson arrivals)")
+    parser.add_argument("--burst-spread", type=float, default=1.0, metavar="SECONDS",
+                        help="a clump's requests spread over this many seconds (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same trace)")
     parser.add_argument("--out", required=True, help="output CSV; gzipped when it ends with .gz")
     return parser
@@ -175,8 +179,8 @@ def make_trace_main(argv: list[str]) -> int:
         print("gateway make-trace: nothing to build (empty hour range or token trace)", file=sys.stderr)
         return 2
     try:
-        trace = synthesize(shape, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour,
-                           seed=args.seed, name=args.out)
+        trace = synthesize(shape, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour, seed=args.seed,
+                           burst_mean=args.burst_mean, burst_spread_s=args.burst_spread, name=args.out)
     except ValueError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,12 @@ midpoints, held constant per ``slice_s`` slice, so there are no steps at the top
 each hour). Each request takes a (prompt_tokens, completion_tokens) pair sampled, with
 replacement, from a real trace, so the joint token distribution is the real one.
 
+Arrivals are plain Poisson by default, which is smoother than real traffic (the Azure
+code hour has 73 % empty seconds and 67 requests in its busiest second). With
+``burst_mean`` > 1 they come in clumps instead: clumps arrive as a Poisson process and
+each holds a geometric number of requests (mean ``burst_mean``) spread uniformly over
+``burst_spread_s`` seconds; the volume per hour is unchanged.
+
 Deterministic: the same inputs and seed give the same trace (and the same file bytes).
 
 Usage::
@@ -19,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import csv
+import math
 import random
 from array import array
 
@@ -67,11 +74,11 @@ def rate_at(hourly: list[float], t_s: float) -> float:
 
 def synthesize(hourly: list[float], pairs: list[tuple[int, int]], *, scale: float | None = None,
                peak_per_hour: float | None = None, seed: int = 0, slice_s: float = 60.0,
-               name: str = "<synthetic>") -> Trace:
+               burst_mean: float = 1.0, burst_spread_s: float = 1.0, name: str = "<synthetic>") -> Trace:
     """A trace spanning ``len(hourly)`` hours; give exactly one of ``scale`` or ``peak_per_hour``.
 
     ``scale`` multiplies the hourly volumes; ``peak_per_hour`` scales them so the
-    busiest hour expects that many requests.
+    busiest hour expects that many requests. ``burst_mean`` > 1 clumps the arrivals.
     """
     if (scale is None) == (peak_per_hour is None):
         raise ValueError("give exactly one of scale or peak_per_hour")
@@ -82,8 +89,10 @@ def synthesize(hourly: list[float], pairs: list[tuple[int, int]], *, scale: floa
         if peak <= 0:
             raise ValueError("the hourly shape has no traffic")
         scale = peak_per_hour / peak
-    if scale < 0 or slice_s <= 0:
-        raise ValueError("scale must be >= 0 and slice_s > 0")
+    if scale < 0 or slice_s <= 0 or burst_mean < 1 or burst_spread_s < 0:
+        raise ValueError("need scale >= 0, slice_s > 0, burst_mean >= 1, burst_spread_s >= 0")
+    if burst_mean > 1:
+        return _clumped(hourly, pairs, scale, seed, slice_s, burst_mean, burst_spread_s, name)
     shape = [h * scale for h in hourly]
     rng = random.Random(seed)
     expo, pick, n_pairs = rng.expovariate, rng.randrange, len(pairs)
@@ -103,3 +112,29 @@ def synthesize(hourly: list[float], pairs: list[tuple[int, int]], *, scale: floa
                 t += expo(lam)
         start = stop
     return Trace(arrival, prompt, completion, name)
+
+
+def _clumped(hourly, pairs, scale, seed, slice_s, burst_mean, spread_s, name) -> Trace:
+    shape = [h * scale for h in hourly]
+    rng = random.Random(seed)
+    expo, pick, uniform, n_pairs = rng.expovariate, rng.randrange, rng.random, len(pairs)
+    log_q = math.log(1.0 - 1.0 / burst_mean)  # geometric clump size on 1, 2, ... with mean burst_mean
+    rows = []
+    end = len(shape) * 3600.0
+    start = 0.0
+    while start < end:
+        stop = min(end, start + slice_s)
+        lam = rate_at(shape, (start + stop) / 2.0) / burst_mean  # clumps per second
+        if lam > 0:
+            t = start + expo(lam)
+            while t < stop:
+                size = 1 + int(math.log(1.0 - uniform()) / log_q)
+                for _ in range(size):
+                    at = t + spread_s * uniform()
+                    if at < end:
+                        rows.append((round(at, 6), *pairs[pick(n_pairs)]))
+                t += expo(lam)
+        start = stop
+    rows.sort()
+    return Trace(array("d", (r[0] for r in rows)), array("q", (r[1] for r in rows)),
+                 array("q", (r[2] for r in rows)), name)

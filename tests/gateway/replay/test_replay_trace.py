@@ -70,3 +70,22 @@ def test_synthesize_is_deterministic_and_follows_the_shape(tmp_path):
     assert 0.9 * 6000 < len(a) < 1.1 * 6000  # linear between hour midpoints keeps the total: 6,000 expected
     peak = synthesize(shape, pairs, peak_per_hour=400.0, seed=5)
     assert 0.7 * 600 < len(peak) < 1.3 * 600
+
+
+def test_clumped_arrivals_keep_the_volume_but_not_the_smoothness():
+    shape = [3600.0] * 2
+    pairs = [(100, 10)]
+    plain = synthesize(shape, pairs, scale=1.0, seed=1)
+    clumped = synthesize(shape, pairs, scale=1.0, seed=1, burst_mean=10, burst_spread_s=0.5)
+    assert 0.85 * 7200 < len(clumped) < 1.15 * 7200
+    assert list(clumped.arrival_s) == sorted(clumped.arrival_s)
+
+    def busiest_second(trace):
+        counts = {}
+        for t in trace.arrival_s:
+            counts[int(t)] = counts.get(int(t), 0) + 1
+        return max(counts.values())
+
+    assert busiest_second(clumped) > 2 * busiest_second(plain)
+    again = synthesize(shape, pairs, scale=1.0, seed=1, burst_mean=10, burst_spread_s=0.5)
+    assert list(again.arrival_s) == list(clumped.arrival_s)
