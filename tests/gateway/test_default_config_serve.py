@@ -92,3 +92,43 @@ def test_serve_rejects_an_invalid_config_naming_the_key(tmp_path):
                           capture_output=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert b"backends.openai.api_key" in proc.stderr and b"sk-secret" not in proc.stderr
+
+
+def test_sighup_reloads_thresholds_in_a_served_gateway(openai_standin, tmp_path):
+    import signal
+
+    import yaml
+    from gateway_harness import standin_config
+
+    data = standin_config(openai_standin, routing={"policy": "first_healthy"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    stat = path.stat()
+    port = _free_port()
+    env = {**os.environ, "STANDIN_OPENAI_KEY": openai_standin.api_key}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+        data["routing"]["policy"] = "always_api"
+        path.write_text(yaml.safe_dump(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # hide the change from the file watcher
+        time.sleep(1.5)
+        assert httpx.get(f"{url}/admin/routing").json()["policy"] == "first_healthy"
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/admin/routing").json()["policy"] != "always_api":
+            assert time.monotonic() < deadline, "SIGHUP did not reload the config"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
