@@ -10,6 +10,7 @@ override into the request body.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import ClassVar
 from urllib.parse import quote
@@ -73,9 +74,12 @@ class SageMakerBackend:
         self._pool = HttpPool(cfg.max_connections, cfg.timeout_s)
         self._codec = codec_for(cfg.wire_format)
         self._signer: SigV4Signer | None = None
+        self._signer_ready: asyncio.Future | None = None
 
     async def start(self) -> None:
-        self._signer = SigV4Signer(self.cfg.region)
+        # botocore's import and credential chain take ~0.3 s: done in a thread while the
+        # gateway already serves; the first endpoint request waits for it if it must.
+        self._signer_ready = asyncio.ensure_future(asyncio.to_thread(SigV4Signer, self.cfg.region))
         endpoint_url = runtime_endpoint_url(self.cfg.region, self.cfg.endpoint_url)
         base = f"{endpoint_url}/endpoints/{quote(self.cfg.endpoint_name, safe='')}"
         self._url = f"{base}/invocations"
@@ -87,7 +91,13 @@ class SageMakerBackend:
 
     async def chat(self, body: bytes, stream: bool) -> UpstreamReply:
         if self._signer is None:
-            await self.start()
+            if self._signer_ready is None:
+                await self.start()
+            try:
+                self._signer = await self._signer_ready
+            except Exception as e:  # noqa: BLE001 — a broken AWS config is the endpoint's failure, not a crash
+                self._signer_ready = None  # try again on the next request
+                raise UpstreamUnavailable(f"AWS signing unavailable ({type(e).__name__})") from None
         payload = self._codec.encode_request(body)
         url = self._stream_url if stream else self._url
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
