@@ -14,7 +14,7 @@ import time
 import orjson
 
 from .accounting import RequestRecord
-from .asgi_io import JSON, bearer_token, read_body, send_bytes, send_error
+from .asgi_io import bearer_token, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .cost import Usage, display_usd, usage_from_openai
 from .errors import GatewayError, bad_request, upstream_error_body

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
+
+import httpx
 
 import orjson
 import uvicorn
@@ -15,6 +20,20 @@ import uvicorn
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.config import parse_config
+from redis_server import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds; generous defaults: CI shares 2 cores."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
 
 
 class CapturedLog(io.RawIOBase):
@@ -110,3 +129,46 @@ class RunningGateway:
 
     def sample(self, name: str, **labels) -> float | None:
         return self.app.registry.get_sample_value(name, labels)
+
+
+class ServedGateway:
+    """``gateway serve`` in a subprocess (the real CLI and uvicorn workers), ready on ``url``.
+
+    Not covered by the in-process network guard: give it loopback-only config and env.
+    """
+
+    def __init__(self, config_path: str, env: dict | None = None, *extra_args: str, start_timeout: float = 30):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        self._args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
+                      "--port", str(self.port), *extra_args]
+        self._env = {**os.environ, **(env or {})}
+        self._env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServedGateway":
+        self.proc = subprocess.Popen(self._args, cwd=ROOT, env=self._env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                return httpx.get(f"{self.url}/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        if not wait_until(ready, self._timeout):
+            self.__exit__()
+            raise RuntimeError("gateway serve did not become ready")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

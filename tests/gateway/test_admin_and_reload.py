@@ -5,7 +5,7 @@ import time
 
 import httpx
 import yaml
-from gateway_harness import RunningGateway, build_config, standin_config
+from gateway_harness import RunningGateway, build_config, standin_config, wait_until
 from openai import OpenAI
 
 from gateway.config import load_config
@@ -16,14 +16,6 @@ MSG = [{"role": "user", "content": "hello"}]
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))
 
-
-def _wait(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_admin_routing_needs_the_admin_key_and_shows_the_savings(openai_standin, sagemaker_standin):
@@ -75,7 +67,7 @@ def test_recommendation_scales_up_against_a_pricey_api(openai_standin, sagemaker
         def recommended():
             rec = httpx.get(f"{gw.url}/admin/routing").json()["endpoints"]["sagemaker"]["recommendation"]
             return rec and rec["instances"] >= 1 and rec["reason"] == "volume_above_break_even"
-        assert _wait(recommended)
+        assert wait_until(recommended)
         assert gw.sample("gateway_endpoint_recommended_instances", backend="sagemaker",
                          reason="volume_above_break_even") >= 1
 
@@ -93,7 +85,7 @@ def test_config_file_change_applies_thresholds_and_a_bad_file_is_refused(openai_
         assert reason() == "first_healthy"
         data["routing"]["policy"] = "always_selfhosted"
         _write(path, data)
-        assert _wait(lambda: reason() == "endpoint_in_service")
+        assert wait_until(lambda: reason() == "endpoint_in_service")
         path.write_text("routing: [this is not a mapping\n")
         time.sleep(1.5)
         assert reason() == "endpoint_in_service"  # the running config stayed

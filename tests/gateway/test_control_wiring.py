@@ -1,25 +1,16 @@
 """The running gateway reads its endpoint from the control plane (moto) and acts only when told to."""
 from __future__ import annotations
 
-import time
 
 import boto3
 import httpx
 import pytest
 from aws_standin import REGION, make_endpoint
-from gateway_harness import RunningGateway, build_config, standin_config
+from gateway_harness import RunningGateway, build_config, standin_config, wait_until
 from openai import OpenAI
 
 MSG = [{"role": "user", "content": "hello"}]
 
-
-def _wait(predicate, timeout=10.0):  # generous: CI shares 2 cores with the suite
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemak
     sagemaker_standin.endpoints.add(endpoint)
     with RunningGateway(_gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run)) as gw:
         # the configured instance_count (0) is replaced by what DescribeEndpoint says
-        assert _wait(lambda: gw.app.endpoints["sagemaker"].status == "InService"
+        assert wait_until(lambda: gw.app.endpoints["sagemaker"].status == "InService"
                      and gw.app.endpoints["sagemaker"].instances_in_service == 1)
         # 120 answers of 1,500 tokens within the 5-minute window: ~1,440 requests/h × 1,500 tokens
         # is ~2 instances of 300 tokens/s
@@ -64,10 +55,10 @@ def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemak
             # before the traffic the honest answer is "no_traffic" → 0; wait for the scale-up
             return last is not None and last["action"] in ("would_update", "updated") and last["target"] > 1
 
-        assert _wait(acted, timeout=20), str(httpx.get(f"{gw.url}/admin/routing").json()["endpoints"])
+        assert wait_until(acted, timeout=20), str(httpx.get(f"{gw.url}/admin/routing").json()["endpoints"])
         last = gw.app.last_actuation["sagemaker"]
         assert last["dry_run"] is dry_run and last["target"] > 1
         if dry_run:
             assert _instances(control_plane, endpoint) == 1
         else:
-            assert _wait(lambda: _instances(control_plane, endpoint) > 1, timeout=20)
+            assert wait_until(lambda: _instances(control_plane, endpoint) > 1, timeout=20)

@@ -2,66 +2,36 @@
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+import yaml
+from gateway_harness import ROOT, ServedGateway, standin_config, wait_until
 from openai import OpenAI
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MSG = [{"role": "user", "content": "hello"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def served(openai_standin, sagemaker_standin):
-    port = _free_port()
-    env = {**os.environ,
-           "OPENAI_BASE_URL": openai_standin.base_url, "OPENAI_API_KEY": openai_standin.api_key,
+    env = {"OPENAI_BASE_URL": openai_standin.base_url, "OPENAI_API_KEY": openai_standin.api_key,
            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": sagemaker_standin.base_url,
            "SAGEMAKER_ENDPOINT_NAME": "standin-endpoint", "AWS_REGION": "us-east-1",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "GATEWAY_API_KEYS": "gw-test-key",
            # the control-plane poller must not look for AWS: a closed loopback port answers it
-           "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9"}
-    env.pop("REDIS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", os.path.join(ROOT, "config.yaml"),
-         "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out, err = proc.communicate(timeout=5) if proc.poll() is not None else (b"", b"")
-                pytest.fail(f"gateway serve did not come up: {err.decode()[-2000:]}")
-            time.sleep(0.05)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+           "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9",
+           "REDIS_URL": ""}
+    with ServedGateway(os.path.join(ROOT, "config.yaml"), env) as gw:
+        yield gw
 
 
 def test_default_config_serves_all_three_names_streaming_included(served, openai_standin, sagemaker_standin):
-    url, proc = served
-    client = OpenAI(base_url=f"{url}/v1", api_key="gw-test-key", max_retries=0)
+    client = OpenAI(base_url=served.base_url, api_key="gw-test-key", max_retries=0)
     backends = {}
     for model in ("gpt-4o-mini", "openai/gpt-4o-mini", "sagemaker/gpt-4o-mini"):
         raw = client.chat.completions.with_raw_response.create(model=model, messages=MSG)
@@ -75,7 +45,7 @@ def test_default_config_serves_all_three_names_streaming_included(served, openai
     assert client.embeddings.create(model="text-embedding-3-small", input="x").data
     assert len(sagemaker_standin.requests) == 2  # signed, and accepted by the verifying stand-in
     time.sleep(1.2)  # one state tick: endpoint time accrues
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpx.get(f"{served.url}/metrics").text
     for line in ('gateway_tokens_total{backend="openai",kind="completion",model="gpt-4o-mini"}',
                  'gateway_tokens_total{backend="sagemaker",kind="completion",model="gpt-4o-mini"}',
                  'gateway_spend_usd_total{backend="openai",model="gpt-4o-mini"}',
@@ -95,40 +65,16 @@ def test_serve_rejects_an_invalid_config_naming_the_key(tmp_path):
 
 
 def test_sighup_reloads_thresholds_in_a_served_gateway(openai_standin, tmp_path):
-    import signal
-
-    import yaml
-    from gateway_harness import standin_config
-
     data = standin_config(openai_standin, routing={"policy": "first_healthy"})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     stat = path.stat()
-    port = _free_port()
-    env = {**os.environ, "STANDIN_OPENAI_KEY": openai_standin.api_key}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.05)
+    with ServedGateway(path, {"STANDIN_OPENAI_KEY": openai_standin.api_key}) as gw:
+        policy = lambda: httpx.get(f"{gw.url}/admin/routing").json()["policy"]  # noqa: E731
         data["routing"]["policy"] = "always_api"
         path.write_text(yaml.safe_dump(data))
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # hide the change from the file watcher
         time.sleep(1.5)
-        assert httpx.get(f"{url}/admin/routing").json()["policy"] == "first_healthy"
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while httpx.get(f"{url}/admin/routing").json()["policy"] != "always_api":
-            assert time.monotonic() < deadline, "SIGHUP did not reload the config"
-            time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        assert policy() == "first_healthy"
+        gw.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: policy() == "always_api", 5), "SIGHUP did not reload the config"

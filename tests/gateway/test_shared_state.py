@@ -5,7 +5,7 @@ import time
 from decimal import Decimal
 
 import httpx
-from gateway_harness import RunningGateway, build_config, standin_config
+from gateway_harness import RunningGateway, build_config, standin_config, wait_until
 from openai import OpenAI
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -19,14 +19,6 @@ def _config(openai_standin, sagemaker_standin, redis_url):
     data["backends"]["sagemaker"]["instance_count"] = 0
     return build_config(data, openai=openai_standin)
 
-
-def _wait(predicate, timeout=8.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_gateways_share_volume_and_decide_the_same(openai_standin, sagemaker_standin, redis_server):
@@ -46,7 +38,7 @@ def test_two_gateways_share_volume_and_decide_the_same(openai_standin, sagemaker
                                 for k in ("requests", "prompt_tokens", "completion_tokens")}
             return totals(va) == totals(vb) == {"requests": 25, "prompt_tokens": 75000, "completion_tokens": 10000}
 
-        assert _wait(same_volume), "B never saw the traffic A served"
+        assert wait_until(same_volume), "B never saw the traffic A served"
 
         def same_recommendation():
             ra = view(a)["endpoints"]["sagemaker"]["recommendation"]
@@ -56,10 +48,10 @@ def test_two_gateways_share_volume_and_decide_the_same(openai_standin, sagemaker
             return ra and rb and ra["instances"] == rb["instances"] >= 1 \
                 and ra["reason"] in scaled and rb["reason"] in scaled
 
-        assert _wait(same_recommendation)
+        assert wait_until(same_recommendation)
         # the API spend both see in the shared ledger is the same, to the nano-dollar
         sa, sb = view(a)["savings"], view(b)["savings"]
-        assert _wait(lambda: view(a)["spend_usd"] == view(b)["spend_usd"])
+        assert wait_until(lambda: view(a)["spend_usd"] == view(b)["spend_usd"])
         assert Decimal(sa["api_only_spend_usd"]) > 0 and sb["api_only_spend_usd"]
         # a request to B routes as it would on A
         client_b = OpenAI(base_url=b.base_url, api_key="x", max_retries=0)

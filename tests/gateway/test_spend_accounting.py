@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, build_config, standin_config
+from gateway_harness import build_config, standin_config
 
 from gateway.app import create_app
 from gateway.access_log import AccessLog
