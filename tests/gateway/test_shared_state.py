@@ -5,25 +5,27 @@ import time
 from decimal import Decimal
 
 import httpx
-from gateway_harness import RunningGateway, build_config, standin_config, wait_until
+import yaml
+from gateway_harness import RunningGateway, ServedGateway, build_config, standin_config, wait_until
 from openai import OpenAI
 
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def _config(openai_standin, sagemaker_standin, redis_url):
+def _config_file(openai_standin, sagemaker_standin, redis_url, path):
     data = standin_config(openai_standin, sagemaker_standin,
                           routing={"policy": "break_even", "capacity_interval_s": 0.2},
                           state={"redis_url": redis_url, "flush_interval_s": 0.2})
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
     data["backends"]["sagemaker"]["instance_count"] = 0
-    return build_config(data, openai=openai_standin)
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
-
-def test_two_gateways_share_volume_and_decide_the_same(openai_standin, sagemaker_standin, redis_server):
-    cfg = _config(openai_standin, sagemaker_standin, redis_server.url)
-    with RunningGateway(cfg) as a, RunningGateway(cfg) as b:
+def test_two_gateways_share_volume_and_decide_the_same(openai_standin, sagemaker_standin, redis_server, tmp_path):
+    path = _config_file(openai_standin, sagemaker_standin, redis_server.url, tmp_path / "config.yaml")
+    env = {"STANDIN_OPENAI_KEY": openai_standin.api_key}
+    with ServedGateway(path, env) as a, ServedGateway(path, env) as b:
         openai_standin.script(prompt_tokens=3000, completion_tokens=400)
         client_a = OpenAI(base_url=a.base_url, api_key="x", max_retries=0)
         for _ in range(25):
