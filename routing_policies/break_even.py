@@ -63,7 +63,7 @@ class BreakEven:
     peakedness: 1.5 — load variance over the Poisson variance (clumped arrivals, sliding
         load window); see ``capacity``. 1 is pure Poisson.
     noise_z: 2.0 — before scaling down, the measured request count N is raised to
-        N + noise_z × √N: a quiet five minutes at low volume is not yet a trend.
+        N + noise_z × √(N × peakedness): a quiet five minutes is not yet a trend.
     min_mix_requests: 20 — the prompt/completion mix comes from the longest window with
         at least this many requests (the longest window otherwise).
     """
@@ -149,11 +149,12 @@ class BreakEven:
         """Requests/hour that the recent volume is confidently below (Poisson upper bound).
 
         Windows from the forecast window up to ``max(forecast_window_s, min_dwell_s)``: the
-        volume has to have stayed low, and a count of N requests is only known to ±√N.
+        volume has to have stayed low, and a count of N requests is only known to
+        ±√(N × peakedness) (√N for Poisson arrivals; clumped arrivals are noisier).
         """
         horizon = max(self.forecast_window_s, self.min_dwell_s)
         rates = [
-            w.per_hour(w.requests + self.noise_z * w.requests ** 0.5)
+            w.per_hour(w.requests + self.noise_z * (w.requests * self.peakedness) ** 0.5)
             for w in windows if w is fore or fore.seconds <= w.seconds <= horizon
         ]
         return max(rates)

@@ -31,6 +31,7 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
                                  max(trace.span_s, 1.0), spec, setup.api_prices)
     be = break_even_requests_per_hour(spec, mix)
     per_req = mix.capacity_tokens_per_request
+    peaked = load_peakedness(trace, spec, setup.load_window_s)
     return {
         "api_usd_per_request": round(mix.api_usd_per_request, 9),
         "capacity_tokens_per_request": round(per_req, 2),
@@ -39,7 +40,46 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
         "endpoint_ever_pays_off": endpoint_ever_pays_off(spec, mix),
         "break_even_requests_per_hour": None if be is None else round(be, 1),
         "instance_capacity_requests_per_hour": round(instance_capacity_per_hour(spec) / per_req, 1) if per_req else None,
+        "load_peakedness": None if peaked is None else round(peaked, 2),
+        # break_even's default (1.5) is right for Poisson arrivals (measured ~1); scale with the trace
+        "suggested_peakedness": None if peaked is None else round(max(1.5, 1.5 * peaked), 1),
     }
+
+
+def load_peakedness(trace: Trace, spec, bucket_s: float = 10.0) -> float | None:
+    """How much burstier than Poisson the trace's endpoint load is (1.0 = Poisson).
+
+    The variance of the capacity tokens arriving per ``bucket_s`` bucket, divided by what a
+    Poisson stream with the same request sizes would give (mean × size × (1 + cv²)). The
+    variance is taken around each hour's own mean, so the daily swing does not count as
+    burstiness. This is the ``peakedness`` of routing_policies.capacity, measured.
+    """
+    window, weight = spec.context_window, spec.prompt_token_weight
+    loads: dict[int, float] = {}
+    n = s1 = s2 = 0.0
+    for t, p, c in zip(trace.arrival_s, trace.prompt_tokens, trace.completion_tokens):
+        if window is not None and p + c > window:
+            continue
+        x = c + weight * p
+        n, s1, s2 = n + 1, s1 + x, s2 + x * x
+        k = int(t // bucket_s)
+        loads[k] = loads.get(k, 0.0) + x
+    if n < 2 or s1 <= 0:
+        return None
+    size = s1 / n
+    poisson_per_token = size * (1.0 + (s2 / n - size * size) / (size * size))  # size × (1 + cv²)
+    per_hour, last = max(1, int(3600 // bucket_s)), int(trace.arrival_s[-1] // bucket_s) + 1
+    var_sum = mean_sum = 0.0
+    for h0 in range(0, last, per_hour):
+        vals = [loads.get(k, 0.0) for k in range(h0, min(last, h0 + per_hour))]
+        if len(vals) < 2:
+            continue
+        mu = sum(vals) / len(vals)
+        var_sum += sum((v - mu) ** 2 for v in vals) / (len(vals) - 1) * len(vals)
+        mean_sum += mu * len(vals)
+    if mean_sum <= 0:
+        return None
+    return var_sum / (mean_sum * poisson_per_token)
 
 
 def _result(r: ReplayResult, optimum: Optimum) -> dict:
@@ -106,7 +146,8 @@ def recommend(summary: dict) -> str:
         lines.append(
             f"One instance pays off above {eco['break_even_requests_per_hour']:,.0f} requests/hour "
             f"(it serves up to ~{eco['instance_capacity_requests_per_hour']:,.0f}); this trace averages "
-            f"{summary['trace']['mean_requests_per_hour']:,.0f}, peaking at {summary['trace']['peak_requests_per_hour']:,} in an hour."
+            f"{summary['trace']['mean_requests_per_hour']:,.0f}"
+            + (f", peaking at {summary['trace']['peak_requests_per_hour']:,} in an hour." if summary["trace"]["hours"] >= 2 else ".")
         )
     if results:
         best = min(results, key=lambda r: r["spend_usd"])
@@ -118,6 +159,13 @@ def recommend(summary: dict) -> str:
         if "break_even" in by_name and best["policy"] != "break_even":
             be = by_name["break_even"]
             lines.append(f"break_even spent ${be['spend_usd']:,.2f} ({be['ratio_to_optimum']}x the optimum).")
+    peaked = eco.get("load_peakedness")
+    if eco["endpoint_ever_pays_off"] and peaked is not None and peaked > 2.0:
+        lines.append(
+            f"This traffic is bursty: its {summary['load_window_s']:g}-s load varies {peaked:.1f}x as much as "
+            f"Poisson arrivals would; set routing.params.peakedness to about {eco['suggested_peakedness']:g} "
+            f"(default 1.5) and confirm with --sweep peakedness=..."
+        )
     return " ".join(lines)
 
 

@@ -89,3 +89,15 @@ def test_clumped_arrivals_keep_the_volume_but_not_the_smoothness():
     assert busiest_second(clumped) > 2 * busiest_second(plain)
     again = synthesize(shape, pairs, scale=1.0, seed=1, burst_mean=10, burst_spread_s=0.5)
     assert list(again.arrival_s) == list(clumped.arrival_s)
+
+
+def test_measured_peakedness_is_about_one_for_poisson_and_large_for_clumps():
+    from gateway.replay.report import load_peakedness
+    from routing_policies import EndpointSpec
+
+    spec = EndpointSpec(1.0, 300.0, 0.02, context_window=8192)
+    shape, pairs = [7200.0] * 2, [(100, 10), (1000, 200), (3000, 50)]
+    plain = load_peakedness(synthesize(shape, pairs, scale=1.0, seed=2), spec)
+    clumped = load_peakedness(synthesize(shape, pairs, scale=1.0, seed=2, burst_mean=8), spec)
+    assert 0.8 < plain < 1.25
+    assert clumped > 5
