@@ -83,6 +83,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="interval of the hindsight optimum's instance schedule (default 60)")
     parser.add_argument("--load-window", type=float, default=10.0, metavar="SECONDS",
                         help="window over which endpoint load is measured and capacity enforced (default 10)")
+    parser.add_argument("--window-traffic", choices=("fitting", "all"), default="fitting",
+                        help="capacity windows count requests that fit the endpoint's context (default) or all")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
@@ -117,7 +119,8 @@ def replay_main(argv: list[str]) -> int:
 
     try:
         cfg = load_config(args.config)
-        setup = setup_from_config(cfg, args.model, load_window_s=args.load_window)
+        setup = setup_from_config(cfg, args.model, load_window_s=args.load_window,
+                                  window_traffic=args.window_traffic)
         trace = read_trace(args.trace)
     except (ConfigError, TraceError, ValueError) as e:
         print(f"gateway replay: {e}", file=sys.stderr)

@@ -117,6 +117,7 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
         "endpoint": {"backend": setup.endpoint_name, **asdict(spec)},
         "capacity_interval_s": setup.capacity_interval_s,
         "load_window_s": setup.load_window_s,
+        "window_traffic": setup.window_traffic,
         "economics": economics(trace, setup),
         "results": [_result(r, optimum) for r in results],
         "optimum": opt,

@@ -9,7 +9,9 @@ The simulated world, and why it matches the live gateway:
   *could* serve: requests of this model whose prompt + max_tokens fit its context
   window. Requests that can only go to the API do not change what an instance is worth,
   and counting them made the endpoint look profitable on long-prompt traffic
-  (Mooncake: 46 % of requests are too long for 8k, and they are the prompt-heavy ones). The simulated endpoint then
+  (Mooncake: 46 % of requests are too long for 8k, and they are the prompt-heavy ones).
+  ``ReplaySetup.window_traffic="all"`` counts every request instead, as the live
+  gateway's ``capacity_planner.sum_windows`` does today. The simulated endpoint then
   *follows* the decision, as if actuation were on: new instances are billed at once and
   serve ``startup_s`` later; removed instances stop billing at once, youngest (still
   starting) first.
@@ -65,6 +67,7 @@ class ReplaySetup:
     windows_s: tuple[float, ...] = (60.0, 300.0, 3600.0)
     load_window_s: float = 10.0
     initial_instances: int | None = None  # None: endpoint.min_instances, in service at t=0
+    window_traffic: str = "fitting"  # or "all": what the capacity windows count (see module docstring)
 
     @property
     def start_instances(self) -> int:
@@ -160,7 +163,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     arr, pr, co = trace.arrival_s, trace.prompt_tokens, trace.completion_tokens
     n = len(arr)
     horizon = default_horizon(trace, setup.capacity_interval_s) if horizon_s is None else horizon_s
-    fit_t, fit_p, fit_c = _fitting(trace, spec.context_window)
+    fit_t, fit_p, fit_c = _fitting(trace, spec.context_window if setup.window_traffic == "fitting" else None)
     cum_p = [0, *accumulate(fit_p)]  # prefix sums of the requests the endpoint could serve
     cum_c = [0, *accumulate(fit_c)]
     windows_s = tuple(sorted(setup.windows_s))

@@ -183,3 +183,12 @@ def test_capacity_windows_count_only_what_the_endpoint_could_serve():
     # the 60-s window at t=20 reaches back before the trace start: it keeps its nominal length
     assert [w.seconds for w in at_20.windows] == [60.0, 300.0, 3600.0]
     assert [c.now_s for c in spy.contexts] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+
+
+def test_capacity_windows_can_count_all_traffic_like_the_live_planner():
+    from dataclasses import replace
+
+    spy = WindowSpy()
+    simulate(HAND, spy, replace(SETUP, window_traffic="all"), horizon_s=30.0)
+    at_20 = next(c for c in spy.contexts if c.now_s == 20.0)
+    assert at_20.windows[0].requests == 4  # r4 counted too
