@@ -13,7 +13,7 @@ minimises expected spend (see ``capacity``), with two brakes against flapping:
   recent volume inflated by ``1 / (1 − hysteresis)`` still favours fewer instances,
   i.e. the volume stayed below the break-even threshold × (1 − hysteresis) over every
   window from ``forecast_window_s`` to ``max(forecast_window_s, min_dwell_s)``, counting
-  each window's requests at the upper end of their Poisson noise (``noise_z``).
+  each window's requests at the upper end of their noise (``noise_z``, ``peakedness``).
 
 When even a fully used instance costs more than the API would charge for its traffic,
 the answer is ``min_instances`` with reason ``endpoint_never_pays_off`` and
