@@ -155,7 +155,7 @@ def parse_cpus(spec):
 
 
 def cpu_busy_s(cpus):
-    """Busy (non-idle) seconds of the given CPUs since boot, from /proc/stat."""
+    """Seconds the given CPUs ran tasks (or were stolen by the hypervisor) since boot, from /proc/stat."""
     tck = os.sysconf("SC_CLK_TCK")
     busy = 0
     try:
@@ -165,7 +165,10 @@ def cpu_busy_s(cpus):
                     name, *vals = line.split()
                     if int(name[3:]) in cpus:
                         v = [int(x) for x in vals]
-                        busy += sum(v[:8]) - v[3] - v[4]  # minus idle, iowait
+                        # user + nice + system + steal: tasks (and the hypervisor) competing for the
+                        # CPU; irq/softirq (the loopback network stack, partly the gateway's own
+                        # traffic) are left out
+                        busy += v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)
     except (OSError, ValueError, IndexError):
         return None
     return busy / tck
@@ -284,6 +287,36 @@ def mock_stats(mock_base):
         return json.loads(http_json(mock_base + "/mock/stats")[1])
     except Exception:
         return {}
+
+
+def overhead_buckets(base):
+    """Cumulative counts of this gateway's own `gateway_overhead_seconds` histogram, by `le`, all labels summed."""
+    try:
+        _, body = http_json(base + "/metrics", timeout=5)
+    except Exception:  # noqa: BLE001 — a target without it just gets no such note
+        return None
+    out = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("gateway_overhead_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = out.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+def overhead_quantiles(b0, b1, qs=(0.5, 0.99)):
+    """Upper bounds (ms) of the quantiles of the observations between two readings."""
+    if not b0 or not b1:
+        return None
+    les = sorted(b1, key=lambda k: float("inf") if k == "+Inf" else float(k))
+    diff = [(le, b1[le] - b0.get(le, 0.0)) for le in les]
+    total = diff[-1][1]
+    if total <= 0:
+        return None
+    out = []
+    for q in qs:
+        le = next(le for le, n in diff if n >= q * total)
+        out.append(float("inf") if le == "+Inf" else round(float(le) * 1000, 3))
+    return out
 
 
 class RedisStats:
@@ -546,7 +579,7 @@ def main():
             continue
         targets.append({"name": name, "url": "http://127.0.0.1:%d" % port, "managed": True,
                         "argv": pin(cpus) + argv, "env": env, "port": port, "redis": redis, "workers": workers,
-                        "cpus": cpus})
+                        "cpus": cpus, "own_overhead": True})
         port = free_port_from(port + 1)
     for spec in a.target_cmd:
         name, cmd = spec.split("=", 1)
@@ -643,6 +676,7 @@ def main():
                     gw_cpus = parse_cpus(t.get("cpus", a.proxy_cpus)) if pid and not a.no_pin else None
                     busy0, wall0 = (cpu_busy_s(gw_cpus), time.monotonic()) if gw_cpus else (None, None)
                     s0 = mock_stats(mock_base)
+                    ob0 = overhead_buckets(t["url"]) if t.get("own_overhead") else None
                     cpu0 = tree_cpu_s(pid) if pid else None
                     wcpu0 = worker_cpu_s(pid) if pid and t.get("workers", 1) > 1 else None
                     stop_monitor = rstats.monitor("{" + redis_prefix + "}") if rstats else None
@@ -652,6 +686,7 @@ def main():
                     wcpu1 = worker_cpu_s(pid) if wcpu0 is not None else None
                     redis_cmds = stop_monitor() if stop_monitor else None
                     s1 = mock_stats(mock_base)
+                    ob1 = overhead_buckets(t["url"]) if ob0 else None
                     try:
                         res = json.loads(r.stdout.strip().splitlines()[-1])
                     except Exception:
@@ -660,6 +695,11 @@ def main():
                     ncalls = lambda s: sum(s.get(k, 0) for k in ("chat", "chat_stream", "sagemaker", "sagemaker_stream"))
                     res.update({"rep": rep, "target": t["name"],
                                 "upstream_calls": (ncalls(s1) - ncalls(s0)) if s0 and s1 else None})
+                    oq = overhead_quantiles(ob0, ob1)
+                    if oq:
+                        # the gateway's own account of its time per request (total minus waiting on the
+                        # upstream), from its histogram: tells its work apart from scheduling delays
+                        res["own_overhead_p50_le_ms"], res["own_overhead_p99_le_ms"] = oq
                     if cpu0 is not None and res["completed_ok"]:
                         warm = max(50, 2 * c)
                         res["proxy_cpu_ms_per_req"] = round(1000 * (cpu1 - cpu0) / (res["completed_ok"] + warm), 3)
@@ -773,6 +813,9 @@ def summarize(out, names, cells, meta, wall):
                           if r.get("upstream_calls") is not None and r["upstream_calls"] != r["requested"] + max(50, 2 * c)]
                 if bad_up:
                     notes.append("upstream_calls=%s" % bad_up)
+                o50, o99 = med([r.get("own_overhead_p50_le_ms") for r in rr]), med([r.get("own_overhead_p99_le_ms") for r in rr])
+                if o99 is not None:
+                    notes.append("own time p50<=%s p99<=%s ms" % (fmt(o50, 2), fmt(o99, 2)))
                 fo = med([r.get("foreign_cpu_pct") for r in rr])
                 if fo is not None and fo >= 5:
                     notes.append("foreign cpu %.0f%%" % fo)

@@ -23,6 +23,7 @@ LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
 export LITELLM_VENV="${LITELLM_VENV:-$BENCH_DIR/venv-litellm}"
 export GATEWAY_VENV="${GATEWAY_VENV:-$BENCH_DIR/venv-gateway}"
 
+ALL_ARGS="$*"
 QUICK=() LITELLM=(--litellm lean) MULTI=1 TOKENS=1 PASS=() COMMIT=""
 while [ $# -gt 0 ]; do
   arg="$1"; shift
@@ -87,7 +88,7 @@ fi
 
 {
   echo "# gateway overhead benchmark: $(date '+%Y-%m-%d %H:%M %Z'), $(( ($(date +%s) - T0) / 60 )) min"
-  echo "# command: bench/run.sh $*"
+  echo "# command: bench/run.sh $ALL_ARGS"
   if [ -n "$COMMIT" ]; then echo "# gateway: commit $SHA ($SRC)"
   else echo "# gateway: working tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') $(git -C "$REPO" status --porcelain -- gateway routing_policies 2>/dev/null | grep -q . && echo '+ uncommitted changes in gateway/ or routing_policies/')"; fi
   echo
