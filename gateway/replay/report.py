@@ -25,9 +25,16 @@ def _usd(x: float) -> float:
 
 
 def economics(trace: Trace, setup: ReplaySetup) -> dict:
-    """The trace's whole-run mix priced on either side: does an instance ever pay off?"""
+    """The trace's whole-run mix priced on either side: does an instance ever pay off?
+
+    Only requests that fit the endpoint's context window count (the others are the API's
+    whatever the policy); ``context_too_long_requests`` says how many were left out.
+    """
     spec = setup.endpoint
-    mix = TrafficMix.from_totals(len(trace), sum(trace.prompt_tokens), sum(trace.completion_tokens),
+    window = spec.context_window or float("inf")
+    fits = [(p, c) for p, c in zip(trace.prompt_tokens, trace.completion_tokens) if p + c <= window]
+    # priced over the requests the endpoint could take: the others go to the API whatever happens
+    mix = TrafficMix.from_totals(len(fits), sum(p for p, _ in fits), sum(c for _, c in fits),
                                  max(trace.span_s, 1.0), spec, setup.api_prices)
     be = break_even_requests_per_hour(spec, mix)
     per_req = mix.capacity_tokens_per_request
@@ -40,6 +47,7 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
         "endpoint_ever_pays_off": endpoint_ever_pays_off(spec, mix),
         "break_even_requests_per_hour": None if be is None else round(be, 1),
         "instance_capacity_requests_per_hour": round(instance_capacity_per_hour(spec) / per_req, 1) if per_req else None,
+        "context_too_long_requests": len(trace) - len(fits),
         "load_peakedness": None if peaked is None else round(peaked, 2),
         # break_even's default (1.5) suits near-Poisson arrivals (measured 1-2); for burstier
         # traffic about twice the measured value replayed best (docs/replay-results.md)
