@@ -171,10 +171,11 @@ def recommend(summary: dict) -> str:
             lines.append(f"break_even spent ${be['spend_usd']:,.2f} ({be['ratio_to_optimum']}x the optimum).")
     peaked = eco.get("load_peakedness")
     if eco["endpoint_ever_pays_off"] and peaked is not None and peaked > 2.0:
+        s = eco["suggested_peakedness"]
         lines.append(
             f"This traffic is bursty: its {summary['load_window_s']:g}-s load varies {peaked:.1f}x as much as "
-            f"Poisson arrivals would; set routing.params.peakedness to about {eco['suggested_peakedness']:g} "
-            f"(default 1.5) and confirm with --sweep peakedness=..."
+            f"Poisson arrivals would, and break_even's default (peakedness 1.5) assumes near-Poisson traffic. "
+            f"Pick routing.params.peakedness with --sweep peakedness=1.5,{s / 2:g},{s:g} on a trace of this traffic."
         )
     return " ".join(lines)
 
