@@ -116,6 +116,10 @@ class GatewayApp:
                 return
 
     async def startup(self) -> None:
+        for cfg in self.config.backends.values():
+            if cfg.type == "openai" and not cfg.api_key:
+                log.warning("backend %s: %s is empty; requests go to %s without a key", cfg.name,
+                            cfg.api_key_env, cfg.base_url)
         self.proxy.load_tokenizers()  # ~0.3 s per encoding: at start, not on the first request
         await self.store.start()
         for backend in self.backends.values():
