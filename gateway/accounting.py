@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Callable
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
 
@@ -28,7 +29,8 @@ class RequestRecord:
     backend: str = ""
     upstream_model: str = ""
     reason: str = ""
-    prompt_tokens_counted: int = 0
+    prompt_tokens_counted: int | None = None  # tiktoken's count; None while not needed (see proxy)
+    count_prompt: Callable[[], int] | None = None  # counts it when it is needed after all
     status: int = 0
     usage: Usage | None = None
     upstream_s: float = 0.0  # time spent waiting on the upstream
@@ -37,6 +39,12 @@ class RequestRecord:
     error: str | None = None
     cost: Decimal | None = field(default=None)
     settled: bool = False
+
+    def prompt_tokens(self) -> int:
+        """The counted prompt tokens, counting now if that was deferred."""
+        if self.prompt_tokens_counted is None:
+            self.prompt_tokens_counted = self.count_prompt() if self.count_prompt is not None else 0
+        return self.prompt_tokens_counted
 
 
 class Accounting:

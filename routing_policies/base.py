@@ -61,7 +61,7 @@ class RequestContext:
     """Per-request input. ``candidates`` keeps the model's configured order."""
 
     model: str
-    prompt_tokens: int
+    prompt_tokens: int  # exact, or an upper bound when that already proves the context fit
     max_tokens: int | None
     candidates: tuple[BackendView, ...]
     now_s: float = 0.0

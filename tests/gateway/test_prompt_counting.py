@@ -1,0 +1,50 @@
+"""Long prompts: counted exactly when the count matters, priced by the upstream's usage otherwise."""
+from __future__ import annotations
+
+from gateway_harness import RunningGateway, build_config, standin_config
+from openai import OpenAI
+
+from gateway.tokens import TokenCounter
+
+LONG = "gateway tokens " * 2000  # ~30 kB, ~4,000 tokens
+
+
+def _gateway(openai_standin, sagemaker_standin, context_window=8192):
+    data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+    data["backends"]["sagemaker"]["context_window"] = context_window
+    return RunningGateway(build_config(data, openai=openai_standin))
+
+
+def test_long_prompt_that_surely_fits_is_sent_and_priced_by_usage(openai_standin, sagemaker_standin):
+    sagemaker_standin.script(prompt_tokens=4321, completion_tokens=5)
+    with _gateway(openai_standin, sagemaker_standin, context_window=100_000) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": LONG}])
+        assert raw.headers["x-gateway-route-reason"] == "endpoint_in_service"
+        assert raw.headers["x-gateway-prompt-tokens"] == "4321"  # the upstream's usage
+        entry = gw.entries()[-1]
+        assert entry["usage_source"] == "upstream" and entry["prompt_tokens"] == 4321
+
+
+def test_long_prompt_without_upstream_usage_is_counted_after_all(openai_standin, sagemaker_standin):
+    sagemaker_standin.script(usage=False)
+    messages = [{"role": "user", "content": LONG}]
+    with _gateway(openai_standin, sagemaker_standin, context_window=100_000) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        expected = TokenCounter("o200k_base").chat({"messages": messages})
+        assert raw.headers["x-gateway-prompt-tokens"] == str(expected)
+        assert gw.entries()[-1]["usage_source"] == "counted"
+
+
+def test_prompt_near_the_context_window_is_counted_and_sent_where_it_fits(openai_standin, sagemaker_standin):
+    messages = [{"role": "user", "content": LONG}]
+    exact = TokenCounter("o200k_base").chat({"messages": messages})
+    # the byte length (~30k) is over the window, the exact count is under it: the endpoint takes it
+    with _gateway(openai_standin, sagemaker_standin, context_window=exact + 100) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, max_tokens=50)
+        assert r.headers["x-gateway-backend"] == "sagemaker"
+        r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, max_tokens=200)
+        assert (r.headers["x-gateway-backend"], r.headers["x-gateway-route-reason"]) == ("openai", "context_too_long")
