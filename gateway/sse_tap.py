@@ -49,20 +49,34 @@ class SseTap:
         return rest
 
     def _take_usage(self, ready: bytes) -> bytes:
-        kept = []
-        for event in ready.split(_SEP):
-            if b'"usage"' in event and event.startswith(b"data:"):
-                try:
-                    parsed = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    parsed = None
-                found = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
-                if found is not None:
-                    self.usage = found
-                    if self._strip_usage and not parsed.get("choices"):
-                        continue
-            kept.append(event)
-        return _SEP.join(kept)
+        """Parse only events that carry a usage object, from the last one back; the last wins.
+
+        Some servers (vLLM) send ``"usage": null`` on every chunk: those are skipped unparsed.
+        """
+        found_last = None
+        search_end = len(ready)
+        while (pos := ready.rfind(b'"usage"', 0, search_end)) >= 0:
+            start = ready.rfind(_SEP, 0, pos)
+            start = 0 if start < 0 else start + 2
+            end = ready.find(_SEP, pos)
+            end = len(ready) if end < 0 else end + 2
+            search_end = start
+            event = ready[start:end]
+            if not event.startswith(b"data:") or b'"usage":null' in event or b'"usage": null' in event:
+                continue
+            try:
+                parsed = orjson.loads(event[5:])
+            except orjson.JSONDecodeError:
+                continue
+            found = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+            if found is None:
+                continue
+            found_last = found_last or found
+            if self._strip_usage and not parsed.get("choices"):
+                ready = ready[:start] + ready[end:]
+        if found_last is not None:
+            self.usage = found_last
+        return ready
 
     def generated_text(self) -> str:
         """Concatenated content, tool-call arguments and refusals of every choice seen."""
