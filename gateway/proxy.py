@@ -129,9 +129,10 @@ class Proxy:
             if model.kind == "chat":
                 self._counter(model)
 
-    def _tightest_window(self, model) -> float:
-        windows = [getattr(self.config.backends[r.backend], "context_window", None) for r in model.routes]
-        return min((w for w in windows if w), default=float("inf"))
+    def _tightest_window(self, model, pinned) -> float:
+        """The smallest context window among the candidates that could take the request now."""
+        return min((v.context_window for v in self.live.candidates(model.name, pinned)
+                    if v.context_window and v.healthy and v.instances_in_service > 0), default=float("inf"))
 
     def _plan(self, model, pinned, decision_backend: str) -> list:
         """The chosen route first, then one other backend to fail over to (not when pinned)."""
@@ -208,7 +209,7 @@ class Proxy:
             rec.count_prompt = lambda: counter.chat(req)
             routing_tokens = len(raw)
             if stream or routing_tokens <= EXACT_COUNT_MAX_BYTES \
-                    or routing_tokens + (max_tokens or 0) > self._tightest_window(model):
+                    or routing_tokens + (max_tokens or 0) > self._tightest_window(model, pinned):
                 routing_tokens = rec.prompt_tokens_counted = counter.chat(req)
             decision = self.live.decide(model.name, pinned, routing_tokens, max_tokens, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
