@@ -244,7 +244,15 @@ def main() -> None:
             cnt[ckind]["forward_capacity_req_s"] = capacity
             cnt[ckind]["ratio"] = rate_ / capacity
             print("  %-8s %8.0f prompts/s = %5.2fx the forwarding capacity (%s)" % (
-                ckind, rate_, rate_ / capacity, "keeps up" if rate_ >= capacity else "COUNTING IS THE BOTTLENECK"))
+                ckind, rate_, rate_ / capacity, "keeps up" if rate_ >= capacity else "slower than forwarding"))
+        # What the gateway does about it: a long plain prompt that surely fits is not counted on
+        # the request path (the upstream's usage prices it), so compare what it really forwards.
+        unique = fwd.get(("gateway", "unique"), {}).get("rps")
+        repeated = fwd.get(("gateway", "repeated"), {}).get("rps")
+        if unique and repeated:
+            print("gateway forwarding, unique vs repeated prompts: %.0f / %.0f req/s = %.2f (%s)" % (
+                unique, repeated, unique / repeated,
+                "counting is not the bottleneck" if unique >= 0.9 * repeated else "COUNTING IS THE BOTTLENECK"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"counting": cnt, "forwarding": {"%s/%s" % k: v for k, v in fwd.items()},
