@@ -82,7 +82,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--optimum-interval", type=float, default=60.0, metavar="SECONDS",
                         help="interval of the hindsight optimum's instance schedule (default 60)")
     parser.add_argument("--load-window", type=float, default=10.0, metavar="SECONDS",
-                        help="window over which endpoint load is measured and capacity enforced (default 10)")
+                        help="window over which endpoint load is measured and capacity enforced (default 10; "
+                             "break_even's burst_window_s should match)")
     parser.add_argument("--window-traffic", choices=("fitting", "all"), default="fitting",
                         help="capacity windows count requests that fit the endpoint's context (default) or all")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
