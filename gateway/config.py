@@ -87,7 +87,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    policy: str = "first_healthy"
+    policy: str = "break_even"
     params: Mapping[str, Any] = field(default_factory=dict)
     capacity_interval_s: float = 5.0
     allow_pinning: bool = True
@@ -329,7 +329,7 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     from routing_policies import policy_names
 
     routing = RoutingConfig(
-        policy=rr.get("policy", str, "first_healthy", choices=policy_names()),
+        policy=rr.get("policy", str, "break_even", choices=policy_names()),
         params=dict(rr.sub("params").data),
         capacity_interval_s=rr.get("capacity_interval_s", float, 5.0, minimum=0.1),
         allow_pinning=rr.get("allow_pinning", bool, True),

@@ -70,6 +70,7 @@ def standin_config(openai, sagemaker=None, **sections) -> dict:
         }
         routes.append({"backend": "sagemaker", "model": "gpt-4o-mini"})
     cfg = {
+        "routing": {"policy": "first_healthy"},  # predictable order; tests of other policies say so
         "backends": backends,
         "models": {
             "gpt-4o-mini": {"backends": routes},

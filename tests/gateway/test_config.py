@@ -65,7 +65,7 @@ def test_default_config_loads_with_defaults_when_env_is_empty():
     assert sm.wire_format == "messages"
     assert cfg.state.redis_url is None
     assert cfg.auth.keys == frozenset() and cfg.auth.admin_keys == frozenset()
-    assert cfg.routing.policy == "first_healthy" and cfg.routing.dry_run is True
+    assert cfg.routing.policy == "break_even" and cfg.routing.dry_run is True
     assert cfg.models["text-embedding-3-small"].kind == "embeddings"
     assert [r.backend for r in cfg.models["gpt-4o-mini"].routes] == ["openai", "sagemaker"]
     assert cfg.path == DEFAULT_CONFIG

@@ -40,10 +40,11 @@ def test_default_config_serves_all_three_names_streaming_included(served, openai
         text = "".join(c.choices[0].delta.content or ""
                        for c in client.chat.completions.create(model=model, messages=MSG, stream=True) if c.choices)
         assert text == "Hello from the stand-in."
-    assert backends == {"gpt-4o-mini": "openai", "openai/gpt-4o-mini": "openai",
+    # break_even (the default): the configured instance is in service, hence paid for: use it
+    assert backends == {"gpt-4o-mini": "sagemaker", "openai/gpt-4o-mini": "openai",
                         "sagemaker/gpt-4o-mini": "sagemaker"}
     assert client.embeddings.create(model="text-embedding-3-small", input="x").data
-    assert len(sagemaker_standin.requests) == 2  # signed, and accepted by the verifying stand-in
+    assert len(sagemaker_standin.requests) == 4  # signed, and accepted by the verifying stand-in
     time.sleep(1.2)  # one state tick: endpoint time accrues
     metrics = httpx.get(f"{served.url}/metrics").text
     for line in ('gateway_tokens_total{backend="openai",kind="completion",model="gpt-4o-mini"}',
