@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Callable
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
+from .volume import fitting_key
 
 _HOUR = Decimal(3600)
 API_ONLY = "(api-only)"  # ledger line: what the same traffic would have cost on the API alone
@@ -59,8 +60,14 @@ class Accounting:
         self.reindex_prices()
 
     def reindex_prices(self) -> None:
-        """The API a model would use if there were no endpoint: for the savings counterfactual."""
+        """The API a model would use if there were no endpoint (for the savings counterfactual),
+        and the context windows of the endpoints that serve it."""
         self._reference_prices = {}
+        self._endpoint_windows = {
+            model.name: [(r.backend, self.config.backends[r.backend].context_window) for r in model.routes
+                         if self.config.backends[r.backend].type == "sagemaker"]
+            for model in self.config.models.values()
+        }
         for model in self.config.models.values():
             for route in model.routes:
                 b = self.config.backends[route.backend]
@@ -90,6 +97,11 @@ class Accounting:
         now = self.clock()
         usage = rec.usage
         self.store.record(rec.backend, rec.model, usage.prompt_tokens, usage.completion_tokens, now)
+        # The capacity planner sizes an endpoint for the traffic it could take: what fits it.
+        for endpoint, window in self._endpoint_windows.get(rec.model, ()):
+            if usage.prompt_tokens + usage.completion_tokens <= window:
+                self.store.record(rec.backend, fitting_key(rec.model, endpoint), usage.prompt_tokens,
+                                  usage.completion_tokens, now)
         rec.cost = self.cost_of(rec, now)
 
     def finish(self, rec: RequestRecord) -> None:

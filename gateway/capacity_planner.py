@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from routing_policies import CapacityContext, CapacityDecision, VolumeWindow
 
 from .policy_inputs import endpoint_spec, models_served_by, reference_api_prices
-from .volume import WINDOWS_S
+from .volume import WINDOWS_S, fitting_key
 
 log = logging.getLogger("gateway.capacity")
 
@@ -26,14 +26,18 @@ class PlanState:
     decided_at: float | None = None
 
 
-def sum_windows(volume, now: float, models) -> tuple[VolumeWindow, ...]:
-    """Traffic of these models over every window, whichever backend served it."""
+def sum_windows(volume, now: float, models, endpoint: str) -> tuple[VolumeWindow, ...]:
+    """Traffic of these models that fits ``endpoint``'s context window, whichever backend served it.
+
+    Requests too long for the endpoint go to the API whatever its size: counting them
+    would size (and pay for) instances that could never serve them. The replay counts the same.
+    """
     out = []
     for seconds in WINDOWS_S:
         r = p = c = 0.0
         span = float(seconds)
         for model in models:
-            w = volume.window(now, seconds, model=model.name)
+            w = volume.window(now, seconds, model=fitting_key(model.name, endpoint))
             r, p, c, span = r + w.requests, p + w.prompt_tokens, c + w.completion_tokens, w.seconds
         out.append(VolumeWindow(span, r, p, c))
     return tuple(out)
@@ -65,7 +69,7 @@ class CapacityPlanner:
             plan = self.plans[name]
             ctx = CapacityContext(
                 now_s=now, endpoint=endpoint_spec(self.config.backends[name]), api_prices=prices,
-                windows=sum_windows(volume, now, models), instances_in_service=status.instances_in_service,
+                windows=sum_windows(volume, now, models, name), instances_in_service=status.instances_in_service,
                 current_target=plan.target, last_change_s=plan.last_change_s,
             )
             decision = self.policy.plan_capacity(ctx)

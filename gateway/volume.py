@@ -15,6 +15,14 @@ HORIZON_S = 3600  # the longest window anyone reads
 WINDOWS_S = (60, 300, 3600)
 
 Key = tuple[str, str]  # (backend, model)
+# Derived rows share the buckets under a model key that no client model has: they are
+# summed only when asked for by that exact key (see ``fitting_key``).
+DERIVED = "\x1e"
+
+
+def fitting_key(model: str, endpoint: str) -> str:
+    """The rows counting ``model``'s requests that fit ``endpoint``'s context window."""
+    return f"{DERIVED}fits:{endpoint}:{model}"
 Counts = list  # [requests, prompt_tokens, completion_tokens]
 
 
@@ -57,7 +65,8 @@ class VolumeBuckets:
             if not rows:
                 continue
             for (kb, km), row in rows.items():
-                if (backend is None or kb == backend) and (model is None or km == model):
+                if (backend is None or kb == backend) and (km == model if model is not None
+                                                            else not km.startswith(DERIVED)):
                     r += row[0]
                     p += row[1]
                     c += row[2]

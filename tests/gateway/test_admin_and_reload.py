@@ -95,3 +95,24 @@ def test_config_file_change_applies_thresholds_and_a_bad_file_is_refused(openai_
         time.sleep(1.5)
         assert gw.app.config.backends["openai"].base_url == openai_standin.base_url
         assert any("restart" in r.getMessage() for r in caplog.records)
+
+
+def test_capacity_is_sized_for_the_traffic_that_fits_the_endpoint(openai_standin, sagemaker_standin):
+    data = standin_config(openai_standin, sagemaker_standin,
+                          routing={"policy": "break_even", "capacity_interval_s": 0.2})
+    data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
+    data["backends"]["sagemaker"].update(instance_count=0, context_window=8192)
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        recommendation = lambda: httpx.get(f"{gw.url}/admin/routing").json()["endpoints"]["sagemaker"][  # noqa: E731
+            "recommendation"]
+        openai_standin.script(prompt_tokens=9000, completion_tokens=400)  # beyond the 8k window
+        for _ in range(30):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        time.sleep(0.6)
+        assert recommendation()["reason"] == "no_traffic"
+        assert httpx.get(f"{gw.url}/admin/routing").json()["volume"]["gpt-4o-mini"]["60s"]["requests"] == 30
+        openai_standin.script(prompt_tokens=3000, completion_tokens=400)
+        for _ in range(30):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert wait_until(lambda: recommendation()["reason"] == "volume_above_break_even")
