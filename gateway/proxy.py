@@ -29,6 +29,8 @@ SSE = (b"content-type", b"text/event-stream")
 # length bounds the prompt tokens from above.
 EXACT_COUNT_MAX_BYTES = 4096
 NO_CACHE = (b"cache-control", b"no-cache")
+# Answers that say "not now" rather than "bad request": worth one try on the other backend.
+RETRY_ELSEWHERE = frozenset({408, 424, 429, 500, 502, 503, 504})
 
 
 def _request_id() -> str:
@@ -175,7 +177,7 @@ class Proxy:
         await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
 
     async def _call(self, rec, model, pinned, req, raw, stream, call):
-        """Send to the chosen backend, failing over once if it cannot be reached."""
+        """Send to the chosen backend; once to the other one if it is unreachable or busy."""
         plan = self._plan(model, pinned, rec.backend)
         for i, route in enumerate(plan):
             rec.backend, rec.upstream_model = route.backend, route.upstream_model
@@ -191,6 +193,10 @@ class Proxy:
                     continue
                 raise GatewayError(504 if e.timeout else 502, str(e), type="upstream_error") from None
             rec.upstream_s += time.perf_counter() - t0
+            if reply.status in RETRY_ELSEWHERE and i + 1 < len(plan):
+                self.health.failed(route.backend)
+                rec.reason = f"failover_{route.backend}_http_{reply.status}"
+                continue
             self.health.succeeded(route.backend)
             return reply
         raise AssertionError("unreachable: plan is never empty")

@@ -190,3 +190,17 @@ def test_metrics_endpoint_is_prometheus_text(gateway, client):
     assert 'gateway_spend_usd_total{backend="openai",model="gpt-4o-mini"}' in r.text
     assert httpx.get(f"{gateway.url}/healthz").status_code == 200
     assert httpx.get(f"{gateway.url}/readyz").json()["ready"] is True
+
+
+def test_busy_endpoint_fails_over_to_the_api_unless_pinned(openai_standin, sagemaker_standin):
+    data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        sagemaker_standin.fail_next(503)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+        assert raw.headers["x-gateway-backend"] == "openai"
+        assert raw.headers["x-gateway-route-reason"] == "failover_sagemaker_http_503"
+        sagemaker_standin.fail_next(503)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
+        assert e.value.status_code == 503
