@@ -26,6 +26,8 @@ def _serve(argv: list[str]) -> int:
     port = cfg.server.port if args.port is None else args.port
     workers = args.workers or cfg.server.workers
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
+    # The *_created series double what Prometheus stores and nothing here reads them.
+    os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
     if workers > 1:
         # Every worker writes its samples here and /metrics merges them.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
