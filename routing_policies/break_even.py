@@ -39,7 +39,7 @@ from .capacity import (
     endpoint_ever_pays_off,
     endpoint_usd_per_capacity_token_at_full,
 )
-from .rules import endpoint_verdict, fallback_to_api
+from .rules import endpoint_first
 
 
 @register
@@ -96,10 +96,7 @@ class BreakEven:
 
     # -- per request ---------------------------------------------------------------------
     def route(self, ctx: RequestContext) -> Decision:
-        view, reason = endpoint_verdict(ctx)
-        if view is not None:
-            return Decision(view.name, reason)
-        return fallback_to_api(ctx, reason)
+        return endpoint_first(ctx)
 
     # -- periodic capacity ------------------------------------------------------------------
     def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision:

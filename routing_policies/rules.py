@@ -57,3 +57,11 @@ def fallback_to_api(ctx: RequestContext, reason: str) -> Decision:
         return Decision(api.name, reason)
     any_view = first_usable(ctx) or ctx.candidates[0]
     return Decision(any_view.name, "no_healthy_api")
+
+
+def endpoint_first(ctx: RequestContext) -> Decision:
+    """The endpoint when it can take the request (in service, room, context fit), else the API."""
+    view, reason = endpoint_verdict(ctx)
+    if view is not None:
+        return Decision(view.name, reason)
+    return fallback_to_api(ctx, reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from .base import API, CapacityContext, CapacityDecision, Decision, RequestContext, register
-from .rules import endpoint_verdict, fallback_to_api, fits_context, first_usable, in_service
+from .rules import endpoint_first, fits_context, first_usable, in_service
 
 
 @register
@@ -51,10 +51,7 @@ class AlwaysSelfhosted:
     name: ClassVar[str] = "always_selfhosted"
 
     def route(self, ctx: RequestContext) -> Decision:
-        view, reason = endpoint_verdict(ctx)
-        if view is not None:
-            return Decision(view.name, reason)
-        return fallback_to_api(ctx, reason)
+        return endpoint_first(ctx)
 
     def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision:
         return CapacityDecision(max(1, ctx.endpoint.max_instances), "always_selfhosted")
