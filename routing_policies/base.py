@@ -158,6 +158,14 @@ def policy_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def policy_parameters(name: str) -> tuple[str, ...]:
+    """The keyword parameters a policy's constructor takes (what ``routing.params`` may set)."""
+    import inspect
+
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def build_policy(name: str, params: Mapping[str, Any] | None = None) -> RoutingPolicy:
     try:
         factory = _REGISTRY[name]

@@ -16,9 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
-import json
 import sys
 import time
 
@@ -53,13 +51,9 @@ def _key_values(items: list[str], flag: str) -> dict:
 
 
 def _accepts(name: str, key: str) -> bool:
-    from routing_policies.base import _REGISTRY
+    from routing_policies.base import policy_parameters
 
-    try:
-        params = inspect.signature(_REGISTRY[name]).parameters
-    except (TypeError, ValueError):
-        return False
-    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return key in policy_parameters(name)
 
 
 def _params_for(name: str, cfg, overrides: dict) -> dict:
