@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from urllib.parse import urlsplit
 
