@@ -5,9 +5,8 @@ No Grafana server can run here, so the dashboard is proven the way Grafana would
 metrics source every second, queried through the HTTP API (a query that names a missing
 metric or label returns nothing, or only NaN).
 
-The metrics source is `stand_in_metrics_source()`: a tiny HTTP server over a fresh
-`GatewayMetrics` that records one round of traffic per scrape (so rates and quantiles are
-non-zero). Swap it for the real gateway behind stand-in upstreams once that exists.
+The metrics source is the real gateway (in-process, on the stand-in upstreams) under
+steady traffic through the openai SDK, so rates and quantiles are non-zero.
 """
 from __future__ import annotations
 
@@ -24,13 +23,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 
@@ -88,51 +86,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def record_traffic(m: GatewayMetrics) -> None:
-    """One round of plausible traffic: two backends, cached prompts, an error, gauges."""
-    for backend, cost_usd in (("openai", 0.0003), ("sagemaker", 0.0)):
-        r = m.route(backend, "gpt-4o-mini")
-        r.status(200).inc()
-        r.reason("cheapest").inc()
-        r.prompt.inc(120), r.cached.inc(40), r.completion.inc(30)
-        r.spend.inc(cost_usd)
-        r.attributed.inc(cost_usd or 0.0001)
-        r.duration.observe(0.4), r.ttft.observe(0.1), r.overhead.observe(0.0004)
-    m.route("openai", "gpt-4o-mini").status(429).inc()
-    m.route("sagemaker", "").spend.inc(0.0004)  # instance time: no model
-    m.api_only_cost.labels("gpt-4o-mini").inc(0.0009)  # more than spent: positive savings
-    m.endpoint_instances.labels("sagemaker").set(1)
-    m.recommended_instances.labels("sagemaker", "volume_above_break_even").set(2)
-    m.break_even_rph.labels("sagemaker").set(900)
-    m.volume_rph.labels("gpt-4o-mini", "5m").set(1200)
-
-
 @contextlib.contextmanager
-def stand_in_metrics_source():
-    """Yields "127.0.0.1:PORT" serving /metrics of a fresh GatewayMetrics; each scrape adds traffic."""
-    m = GatewayMetrics(CollectorRegistry())
+def real_gateway_metrics_source():
+    """Yields "127.0.0.1:PORT": the real gateway over the stand-in upstreams, under steady traffic.
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            record_traffic(m)
-            body = generate_latest(m.registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    break_even against gpt-4o prices with one endpoint instance in service, so that every
+    panel has something to show: API and endpoint requests (plain and streamed), an
+    upstream 429, endpoint instance time, a finite break-even volume and a recommendation.
+    """
+    from gateway_harness import RunningGateway, build_config, standin_config
+    from openai import OpenAI
+    from standins.openai_server import OpenAIStandIn
+    from standins.sagemaker_server import SageMakerStandIn
 
-        def log_message(self, *args):  # keep pytest output clean
-            pass
+    with OpenAIStandIn() as api, SageMakerStandIn() as endpoint:
+        data = standin_config(api, endpoint, routing={"policy": "break_even", "capacity_interval_s": 0.5})
+        data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "cached_input": 1.25, "output": 10}}
+        api.script(prompt_tokens=1200, completion_tokens=300, cached_tokens=400)
+        endpoint.script(prompt_tokens=1200, completion_tokens=300)
+        with RunningGateway(build_config(data, openai=api)) as gw:
+            client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+            stop = threading.Event()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+            def traffic():
+                msg = [{"role": "user", "content": "hello"}]
+                while not stop.is_set():
+                    for model in ("gpt-4o-mini", "openai/gpt-4o-mini", "sagemaker/gpt-4o-mini"):
+                        client.chat.completions.create(model=model, messages=msg)
+                        list(client.chat.completions.create(model=model, messages=msg, stream=True))
+                    api.fail_next(429)
+                    with contextlib.suppress(Exception):
+                        client.chat.completions.create(model="openai/gpt-4o-mini", messages=msg)
+                    stop.wait(0.2)
+
+            thread = threading.Thread(target=traffic, daemon=True)
+            thread.start()
+            try:
+                yield gw.url.removeprefix("http://")
+            finally:
+                stop.set()
+                thread.join(timeout=10)
 
 
 def _api(base: str, path: str, **params) -> dict:
@@ -150,7 +143,7 @@ def prometheus(tmp_path_factory) -> str:
     """Base URL of a real Prometheus that has scraped the metrics source at least MIN_SCRAPES times."""
     binary = _binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
-    with stand_in_metrics_source() as target:
+    with real_gateway_metrics_source() as target:
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": [target]}]}]}
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
