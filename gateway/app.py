@@ -126,6 +126,8 @@ class GatewayApp:
             await backend.start()
         await self.tick()
         self._ticker = asyncio.ensure_future(self._tick_forever())
+        log.info("gateway ready: pid %d, config %s, policy %s, backends %s, state %s", os.getpid(),
+                 self.config.path, self.config.routing.policy, ", ".join(self.backends), self.store.kind)
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_config)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no signals
@@ -247,4 +249,8 @@ def create_app(config: GatewayConfig, **parts) -> GatewayApp:
 
 def app_from_env() -> GatewayApp:
     """Factory for ``uvicorn --factory`` workers: the config path comes from ``GATEWAY_CONFIG``."""
+    # Operational lines (start-up, capacity changes, reloads, outages) on stderr; the access
+    # log has stdout to itself.
+    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(load_config(os.environ.get("GATEWAY_CONFIG", "config.yaml")))

@@ -21,7 +21,10 @@ log = logging.getLogger("gateway.capacity")
 @dataclass
 class PlanState:
     target: int
-    last_change_s: float
+    # None until the first decision, which takes its own time: a process that just started
+    # has no traffic history (in-process state), so min_dwell_s runs from the start and an
+    # endpoint is not scaled down on a restart's empty windows.
+    last_change_s: float | None
     decision: CapacityDecision | None = None
     decided_at: float | None = None
 
@@ -50,7 +53,7 @@ class CapacityPlanner:
         self.store = store
         self.endpoints = endpoints
         self.metrics = metrics
-        self.plans = {name: PlanState(status.instances_in_service, 0.0) for name, status in endpoints.items()}
+        self.plans = {name: PlanState(status.instances_in_service, None) for name, status in endpoints.items()}
         self._next_at = 0.0
         self._exported_reason: dict[str, str] = {}
 
@@ -67,6 +70,8 @@ class CapacityPlanner:
             if prices is None:
                 continue  # nothing to compare against: the endpoint is the only way to serve these models
             plan = self.plans[name]
+            if plan.last_change_s is None:
+                plan.last_change_s = now
             ctx = CapacityContext(
                 now_s=now, endpoint=endpoint_spec(self.config.backends[name]), api_prices=prices,
                 windows=sum_windows(volume, now, models, name), instances_in_service=status.instances_in_service,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import httpx
 import yaml
@@ -20,12 +21,15 @@ def _write(path, data):
 
 def test_admin_routing_needs_the_admin_key_and_shows_the_savings(openai_standin, sagemaker_standin):
     env = {"GATEWAY_API_KEYS": "app-key", "GATEWAY_ADMIN_KEYS": "admin-key"}
-    cfg = build_config(standin_config(openai_standin, sagemaker_standin, routing={"policy": "break_even"}),
+    cfg = build_config(standin_config(openai_standin, sagemaker_standin,
+                                      routing={"policy": "break_even", "capacity_interval_s": 0.2}),
                        env=env, openai=openai_standin)
     with RunningGateway(cfg) as gw:
         client = OpenAI(base_url=gw.base_url, api_key="app-key", max_retries=0)
-        openai_standin.script(prompt_tokens=1000, completion_tokens=100)
-        sagemaker_standin.script(prompt_tokens=1000, completion_tokens=100)
+        # chat-like mix: at gpt-4o-mini prices the API charges ~$0.65 per 1M completion tokens
+        # worth of traffic, a fully used g5.xlarge ~$1.30
+        openai_standin.script(prompt_tokens=100, completion_tokens=300)
+        sagemaker_standin.script(prompt_tokens=100, completion_tokens=300)
         # an instance in service is paid for either way: break_even uses it
         r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
         assert r.headers["x-gateway-route-reason"] == "endpoint_in_service"
@@ -36,12 +40,15 @@ def test_admin_routing_needs_the_admin_key_and_shows_the_savings(openai_standin,
         view = r.json()
         assert view["policy"] == "break_even"
         assert view["volume"]["gpt-4o-mini"]["60s"]["requests_per_hour"] > 0
-        rec = view["endpoints"]["sagemaker"]["recommendation"]
         # gpt-4o-mini is so cheap that a g5.xlarge never pays off: the gateway says so
-        assert rec["reason"] in ("endpoint_never_pays_off", "no_traffic")
+        recommendation = lambda: httpx.get(f"{gw.url}/admin/routing",  # noqa: E731
+                                           headers={"Authorization": "Bearer admin-key"}).json()[
+            "endpoints"]["sagemaker"]["recommendation"]
+        assert wait_until(lambda: recommendation()["reason"] == "endpoint_never_pays_off")
+        assert recommendation()["instances"] == 0 and recommendation()["break_even_requests_per_hour"] is None
         savings = view["savings"]
-        # two requests of 1000+100 tokens priced at gpt-4o-mini: 2 × (1000×0.15 + 100×0.60)/1e6
-        assert float(savings["api_only_spend_usd"]) == 2 * (1000 * 0.15 + 100 * 0.60) / 1e6
+        # two requests of 100+300 tokens priced at gpt-4o-mini: 2 × (100×0.15 + 300×0.60)/1e6
+        assert Decimal(savings["api_only_spend_usd"]) == 2 * (100 * Decimal("0.15") + 300 * Decimal("0.60")) / 10**6
         assert "admin-key" not in r.text and "app-key" not in r.text
 
 
@@ -116,3 +123,14 @@ def test_capacity_is_sized_for_the_traffic_that_fits_the_endpoint(openai_standin
         for _ in range(30):
             client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
         assert wait_until(lambda: recommendation()["reason"] == "volume_above_break_even")
+
+
+def test_a_fresh_gateway_does_not_scale_down_on_empty_windows(openai_standin, sagemaker_standin):
+    data = standin_config(openai_standin, sagemaker_standin,
+                          routing={"policy": "break_even", "capacity_interval_s": 0.2, "params": {"min_dwell_s": 900}})
+    data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        time.sleep(0.6)
+        rec = httpx.get(f"{gw.url}/admin/routing").json()["endpoints"]["sagemaker"]["recommendation"]
+        # a restart knows no traffic yet (in-process state): keep the instance for min_dwell_s
+        assert (rec["instances"], rec["reason"]) == (1, "min_dwell")
