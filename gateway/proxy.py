@@ -21,10 +21,11 @@ from .errors import GatewayError, bad_request, upstream_error_body
 from .tokens import TokenCounter
 
 SSE = (b"content-type", b"text/event-stream")
-# Bodies up to this size are counted before sending (< 0.3 ms). A larger plain request is
+# Bodies up to this size are counted before sending (< 0.3 ms). A larger request is
 # counted before sending only if its byte length cannot prove that it fits every context
 # window: a 10k-token prompt costs ~2.8 ms of tiktoken, ten times forwarding it, and the
-# upstream's usage prices it anyway. Every UTF-8 byte of text is at most one token, and the
+# upstream's usage prices it anyway (a stream's count is needed for its headers: it is
+# made in a thread while the upstream works). Every UTF-8 byte of text is at most one token, and the
 # JSON around each message outweighs the chat format's few tokens of overhead, so the body
 # length bounds the prompt tokens from above.
 EXACT_COUNT_MAX_BYTES = 4096
@@ -214,13 +215,22 @@ class Proxy:
             counter = self._counter(model)
             rec.count_prompt = lambda: counter.chat(req)
             routing_tokens = len(raw)
-            if stream or routing_tokens <= EXACT_COUNT_MAX_BYTES \
+            counting = None
+            if routing_tokens <= EXACT_COUNT_MAX_BYTES \
                     or routing_tokens + (max_tokens or 0) > self._tightest_window(model, pinned):
                 routing_tokens = rec.prompt_tokens_counted = counter.chat(req)
+            elif stream:
+                # the stream's headers carry the count: tiktoken (which releases the GIL) counts
+                # in a thread while the upstream prepares its first token
+                counting = asyncio.ensure_future(asyncio.to_thread(counter.chat, req))
             decision = self.live.decide(model.name, pinned, routing_tokens, max_tokens, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
-            reply = await self._call(rec, model, pinned, req, raw, stream,
-                                     lambda b, body: b.chat(body, stream))
+            try:
+                reply = await self._call(rec, model, pinned, req, raw, stream,
+                                         lambda b, body: b.chat(body, stream))
+            finally:
+                if counting is not None:
+                    rec.prompt_tokens_counted = await counting
         except GatewayError as e:
             await self._fail(send, rec, e)
             return

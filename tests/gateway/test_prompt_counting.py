@@ -48,3 +48,15 @@ def test_prompt_near_the_context_window_is_counted_and_sent_where_it_fits(openai
         assert r.headers["x-gateway-backend"] == "sagemaker"
         r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, max_tokens=200)
         assert (r.headers["x-gateway-backend"], r.headers["x-gateway-route-reason"]) == ("openai", "context_too_long")
+
+
+def test_long_streamed_prompt_is_counted_beside_the_upstream_call(openai_standin, sagemaker_standin):
+    messages = [{"role": "user", "content": LONG}]
+    sagemaker_standin.script(text="ok", delay=0.05)
+    with _gateway(openai_standin, sagemaker_standin, context_window=100_000) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=messages, stream=True) as raw:
+            headers = raw.headers
+            assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "ok"
+        assert headers["x-gateway-prompt-tokens"] == str(TokenCounter("o200k_base").chat({"messages": messages}))
