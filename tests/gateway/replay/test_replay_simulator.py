@@ -185,7 +185,7 @@ def test_capacity_windows_count_only_what_the_endpoint_could_serve():
     assert [c.now_s for c in spy.contexts] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
 
 
-def test_capacity_windows_can_count_all_traffic_like_the_live_planner():
+def test_capacity_windows_can_count_all_traffic_when_asked():
     from dataclasses import replace
 
     spy = WindowSpy()
