@@ -222,8 +222,13 @@ class GatewayApp:
         for part in (self.live, self.accounting, self.endpoint_clock, self.proxy, self.planner):
             part.config = config
         self.accounting.reindex_prices()
-        for actuator in self.actuators.values():
+        for name, actuator in self.actuators.items():  # new bounds, cooldown and dry_run apply too
+            actuator.cfg = config.backends[name]
             actuator.dry_run = config.routing.dry_run
+            actuator.cooldown_s = config.backends[name].actuation_cooldown_s
+        for name, poller in self.pollers.items():
+            poller.cfg = config.backends[name]
+            poller.interval_s = config.backends[name].poll_interval_s or poller.interval_s
         self.live.set_policy(policy)
         self.planner.policy = policy
         self.live.refresh(self.clock())

@@ -91,8 +91,10 @@ def test_config_file_change_applies_thresholds_and_a_bad_file_is_refused(openai_
             model="gpt-4o-mini", messages=MSG).headers["x-gateway-route-reason"]
         assert reason() == "first_healthy"
         data["routing"]["policy"] = "always_selfhosted"
+        data["backends"]["sagemaker"]["max_instances"] = 3
         _write(path, data)
         assert wait_until(lambda: reason() == "endpoint_in_service")
+        assert gw.app.actuators["sagemaker"].cfg.max_instances == 3  # bounds reach the actuator too
         path.write_text("routing: [this is not a mapping\n")
         time.sleep(1.5)
         assert reason() == "endpoint_in_service"  # the running config stayed
