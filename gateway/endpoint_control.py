@@ -114,7 +114,13 @@ class EndpointPoller(_Control):
         try:
             desc = await asyncio.to_thread(self._describe)
         except Exception as e:  # noqa: BLE001 — any failure is reported, none stops the tick
-            self._set_error(_DESCRIBE, e)
+            message = self._set_error(_DESCRIBE, e)
+            if "Could not find endpoint" in message:
+                # Known not to exist (unlike a throttled or unreachable control plane): nothing
+                # serves there and nothing is billed, so neither routing nor accrual may assume it.
+                self.status.status, self.status.healthy = "NotFound", False
+                self.status.instances_in_service = self.status.desired_instances = 0
+                self.status.polled_at = now
             return True
         finally:
             self._busy = False

@@ -1,6 +1,7 @@
 """The running gateway reads its endpoint from the control plane (moto) and acts only when told to."""
 from __future__ import annotations
 
+import time
 
 import boto3
 import httpx
@@ -62,3 +63,19 @@ def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemak
             assert _instances(control_plane, endpoint) == 1
         else:
             assert wait_until(lambda: _instances(control_plane, endpoint) > 1, timeout=20)
+
+
+def test_missing_endpoint_is_neither_routed_to_nor_charged(openai_standin, sagemaker_standin, control_plane):
+    data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+    data["backends"]["sagemaker"].update(endpoint_name="never-created", poll_interval_s=0.2, instance_count=1)
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        assert wait_until(lambda: gw.app.endpoints["sagemaker"].status == "NotFound")
+        # routing inputs are rebuilt on the next state tick
+        assert wait_until(lambda: not gw.app.live.candidates("gpt-4o-mini", None)[1].healthy)
+        spent = gw.sample("gateway_spend_usd_total", backend="sagemaker", model="")
+        raw = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MSG)
+        assert (raw.headers["x-gateway-backend"], raw.headers["x-gateway-route-reason"]) == \
+            ("openai", "endpoint_unhealthy")
+        time.sleep(1.2)
+        assert gw.sample("gateway_spend_usd_total", backend="sagemaker", model="") == spent

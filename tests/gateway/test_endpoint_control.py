@@ -77,14 +77,15 @@ def test_poller_polls_only_when_due(aws):
     assert len(calls) == 1  # the client is created once, lazily
 
 
-def test_unknown_endpoint_sets_last_error_and_keeps_counts(aws, monkeypatch, caplog):
+def test_unknown_endpoint_is_not_serving_and_costs_nothing(aws, monkeypatch, caplog):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-logged")
     with caplog.at_level(logging.DEBUG):
         status = asyncio.run(polled(backend_cfg("no-such-endpoint")))
     assert status.last_error.startswith("DescribeEndpoint: ValidationException")
     assert "no-such-endpoint" in status.last_error
-    assert (status.status, status.instances_in_service, status.desired_instances) == ("Assumed", 1, 1)
-    assert status.healthy and status.polled_at is None
+    # a missing endpoint neither serves nor bills: routing and accrual must not assume it
+    assert (status.status, status.instances_in_service, status.desired_instances) == ("NotFound", 0, 0)
+    assert not status.healthy and not status.serving
     assert "s3cr3t" not in status.last_error and "s3cr3t" not in caplog.text
 
 
