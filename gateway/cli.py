@@ -29,11 +29,14 @@ def _serve(argv: list[str]) -> int:
     # The *_created series double what Prometheus stores and nothing here reads them.
     os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
     if workers > 1:
+        if not cfg.state.redis_url:
+            # In-process state is per process: each worker would see a fraction of the volume
+            # (wrong capacity decisions) and charge the endpoint's time again (wrong spend).
+            print(f"gateway: {args.config}: state.redis_url: required with --workers {workers}: workers "
+                  "share live volume, the ledger and endpoint time through Redis (set REDIS_URL)", file=sys.stderr)
+            return 2
         # Every worker writes its samples here and /metrics merges them.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
-        if not cfg.state.redis_url:
-            print("gateway: note: without state.redis_url each worker keeps its own traffic volume; "
-                  "endpoint time is still counted once per worker set only with Redis", file=sys.stderr)
     import uvicorn
 
     uvicorn.run(

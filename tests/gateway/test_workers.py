@@ -1,12 +1,15 @@
 """`gateway serve --workers 2` on one Redis: metrics merged across workers, endpoint time counted once."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import httpx
 import yaml
-from gateway_harness import ServedGateway, standin_config
+from gateway_harness import ROOT, ServedGateway, standin_config
 from openai import OpenAI
 
 
@@ -35,3 +38,12 @@ def test_two_workers_share_one_ledger(openai_standin, sagemaker_standin, redis_s
     spent = _metric(text, "gateway_spend_usd_total", backend="sagemaker", model="")
     per_second = 1.408 / 3600
     assert 0 < spent <= elapsed * per_second * 1.05, "the endpoint's time was charged once per worker"
+
+
+def test_several_workers_without_redis_are_refused(openai_standin, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(standin_config(openai_standin)))
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--workers", "2"],
+                          capture_output=True, timeout=60, cwd=ROOT, env={**os.environ, "REDIS_URL": ""})
+    assert proc.returncode == 2
+    assert b"state.redis_url: required with --workers 2" in proc.stderr
