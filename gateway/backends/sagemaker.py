@@ -105,7 +105,7 @@ class SageMakerBackend:
             headers["X-Amzn-SageMaker-Accept"] = "application/json"
         reply = await self._pool.post(url, payload, self._signer.sign(url, payload, headers), stream)
         if reply.status >= 300:
-            return UpstreamReply(reply.status, self._codec.error_body(reply.status, reply.body))
+            return UpstreamReply(*self._codec.error_reply(reply.status, reply.body))
         if not stream:
             return UpstreamReply(reply.status, self._codec.decode_response(reply.body, body))
         return UpstreamReply(reply.status, chunks=self._codec.decode_stream(reply.chunks, body), close=reply.close)

@@ -44,18 +44,36 @@ class MessagesCodec:
     def decode_stream(self, chunks, request_body: bytes):
         return event_stream_payloads(chunks)
 
-    def error_body(self, status: int, raw: bytes) -> bytes:
+    def error_reply(self, status: int, raw: bytes) -> tuple[int, bytes]:
+        """An AWS error as the status and OpenAI-shaped body the client should see.
+
+        A 424 ModelError carries the container's own answer: a 4xx there is the client's
+        request (passed on with its status), a 5xx the model server failing. Any other 400
+        is SageMaker refusing the gateway's call (unknown endpoint, bad configuration):
+        nothing the client can fix, so it is a 502.
+        """
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict):
-            if isinstance(parsed.get("error"), dict):
-                return raw  # the container's own OpenAI-shaped error
-            msg = parsed.get("message") or parsed.get("Message")
-            if msg:
-                return error_body(f"SageMaker endpoint: {msg}", "upstream_error")
-        return error_body(f"SageMaker endpoint returned HTTP {status}", "upstream_error")
+        if not isinstance(parsed, dict):
+            return status, error_body(f"SageMaker endpoint returned HTTP {status}", "upstream_error")
+        if isinstance(parsed.get("error"), dict):
+            return status, raw  # the container's own OpenAI-shaped error
+        original = parsed.get("OriginalStatusCode")
+        if status == 424 and isinstance(original, int):
+            message = parsed.get("OriginalMessage") or parsed.get("message") or ""
+            try:
+                inner = orjson.loads(message)
+            except (orjson.JSONDecodeError, TypeError):
+                inner = None
+            if isinstance(inner, dict) and isinstance(inner.get("error"), dict):
+                return (original if 400 <= original < 500 else 502), orjson.dumps(inner)
+            kind = "invalid_request_error" if 400 <= original < 500 else "upstream_error"
+            return (original if 400 <= original < 500 else 502), error_body(f"model server: {message}", kind)
+        msg = parsed.get("message") or parsed.get("Message")
+        text = f"SageMaker endpoint: {msg}" if msg else f"SageMaker endpoint returned HTTP {status}"
+        return (502 if status == 400 else status), error_body(text, "upstream_error")
 
 
 _TGI_PARAMS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",

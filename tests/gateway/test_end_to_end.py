@@ -204,3 +204,15 @@ def test_busy_endpoint_fails_over_to_the_api_unless_pinned(openai_standin, sagem
         with pytest.raises(openai.APIStatusError) as e:
             client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
         assert e.value.status_code == 503
+
+
+def test_endpoint_model_errors_reach_the_client_with_the_containers_status(gateway, client, sagemaker_standin):
+    sagemaker_standin.fail_next(424, {"OriginalStatusCode": 400, "OriginalMessage": "max_tokens too large",
+                                      "message": "Received client error (400) from primary"})
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
+    assert "max_tokens too large" in e.value.message
+    sagemaker_standin.endpoints.discard("standin-endpoint")  # the gateway's endpoint is gone
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
+    assert e.value.status_code == 502 and "not found" in e.value.message

@@ -136,18 +136,29 @@ def test_messages_codec_passes_bodies_through():
     assert collect(codec.decode_stream(_agen(split(STREAM, [5, 50, 100])), body)) == PARTS
 
 
-def test_messages_codec_error_bodies():
+def test_messages_codec_error_replies():
     codec = MessagesCodec()
     own = b'{"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": null}}'
-    assert codec.error_body(400, own) == own
-    # SageMaker's own errors (ModelError, ValidationError) carry "Message" or "message"
-    err = orjson.loads(codec.error_body(424, b'{"ErrorCode": "CLIENT_ERROR_FROM_MODEL", "Message": "oops"}'))["error"]
-    assert err == {"message": "SageMaker endpoint: oops", "type": "upstream_error", "param": None, "code": None}
-    err = orjson.loads(codec.error_body(400, b'{"message": "Endpoint x not found"}'))["error"]
-    assert err["message"] == "SageMaker endpoint: Endpoint x not found"
+    assert codec.error_reply(400, own) == (400, own)
+    # SageMaker refusing the gateway's own call (unknown endpoint): not the client's to fix
+    status, body = codec.error_reply(400, b'{"message": "Endpoint x not found"}')
+    assert status == 502 and orjson.loads(body)["error"]["message"] == "SageMaker endpoint: Endpoint x not found"
+    # a ModelError wraps the container's answer: its 4xx is the client's, its 5xx the server's
+    model_4xx = orjson.dumps({"OriginalStatusCode": 400, "OriginalMessage": "temperature must be positive",
+                              "message": "Received client error (400) from primary"})
+    status, body = codec.error_reply(424, model_4xx)
+    assert status == 400
+    assert orjson.loads(body)["error"] == {"message": "model server: temperature must be positive",
+                                           "type": "invalid_request_error", "param": None, "code": None}
+    inner = {"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": None}}
+    status, body = codec.error_reply(424, orjson.dumps({"OriginalStatusCode": 422, "OriginalMessage": orjson.dumps(inner).decode()}))
+    assert (status, orjson.loads(body)) == (422, inner)
+    status, body = codec.error_reply(424, orjson.dumps({"OriginalStatusCode": 500, "OriginalMessage": "CUDA OOM"}))
+    assert status == 502 and orjson.loads(body)["error"]["type"] == "upstream_error"
     for raw in (b"<html>busy</html>", b"", b'{"other": 1}', b"[]"):
-        err = orjson.loads(codec.error_body(503, raw))["error"]
-        assert err["message"] == "SageMaker endpoint returned HTTP 503" and err["type"] == "upstream_error"
+        status, body = codec.error_reply(503, raw)
+        err = orjson.loads(body)["error"]
+        assert status == 503 and err["message"] == "SageMaker endpoint returned HTTP 503" and err["type"] == "upstream_error"
 
 
 # ---- TGI codec: requests ----------------------------------------------------------------------------
