@@ -39,7 +39,7 @@ class OpenAIBackendConfig:
     api_key_env: str
     api_key: str = field(default="", repr=False)
     prices: Mapping[str, PriceSpec] = field(default_factory=dict)  # by upstream model
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # longest wait for the upstream's next byte (first one included)
     max_connections: int = 1000
     type: str = "openai"
 

@@ -16,7 +16,9 @@ from .base import UpstreamReply, UpstreamUnavailable
 class HttpPool:
     def __init__(self, max_connections: int, timeout_s: float):
         self._limit = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        # An idle limit, not a total one: a healthy stream may run for many minutes, but
+        # timeout_s without a byte (or without the first one) means the upstream is stuck.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout_s), sock_read=timeout_s)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

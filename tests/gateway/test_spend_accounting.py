@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from gateway_harness import build_config, standin_config
+from gateway_harness import RunningGateway, build_config, standin_config
 
 from gateway.app import create_app
 from gateway.access_log import AccessLog
@@ -105,3 +105,19 @@ def test_sagemaker_stream_error_frame_becomes_an_sse_error(gateway, sagemaker_st
         text = b"".join(r.iter_raw())
     assert b'"error"' in text and b"ModelStreamError" in text
     assert gateway.entries()[-1]["backend"] == "sagemaker"
+
+
+def test_silent_upstream_times_out_but_a_slow_stream_does_not(openai_standin, sagemaker_standin):
+    data = standin_config(openai_standin, sagemaker_standin)
+    data["backends"]["openai"]["timeout_s"] = 0.5
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        # 12 chunks 0.2 s apart: 2.4 s in all, never 0.5 s silent
+        openai_standin.script(text=[f"w{i} " for i in range(12)], chunk_delay=0.2)
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions", timeout=10,
+                          json={"model": "openai/gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+            body = b"".join(r.iter_raw())
+        assert body.count(b"w") >= 12 and b"[DONE]" in body
+        openai_standin.script(delay=1.5)  # silent before the first byte
+        r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10,
+                       json={"model": "openai/gpt-4o-mini", "messages": MSG})
+        assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_error"
