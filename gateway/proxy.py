@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 
 import orjson
 
 from .accounting import RequestRecord
-from .asgi_io import bearer_token, read_body, send_bytes, send_error
+from .asgi_io import bearer_token, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .cost import Usage, display_usd, usage_from_openai
 from .errors import GatewayError, bad_request, upstream_error_body
@@ -34,7 +35,14 @@ NO_CACHE = (b"cache-control", b"no-cache")
 RETRY_ELSEWHERE = frozenset({408, 424, 429, 500, 502, 503, 504})
 
 
-def _request_id() -> str:
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(scope) -> str:
+    """The client's ``x-request-id`` when it is a sane token (traces join up), else a new one."""
+    given = header(scope, b"x-request-id")
+    if given is not None and _CLIENT_ID.fullmatch(given):
+        return given.decode()
     return "gw-" + os.urandom(8).hex()
 
 
@@ -204,7 +212,7 @@ class Proxy:
 
     # -- POST /v1/chat/completions ---------------------------------------------
     async def chat(self, scope, receive, send) -> None:
-        rec = RequestRecord(_request_id(), "unknown", "chat", time.perf_counter())
+        rec = RequestRecord(_request_id(scope), "unknown", "chat", time.perf_counter())
         try:
             self._authorize(scope)
             raw = await read_body(receive)
@@ -316,7 +324,7 @@ class Proxy:
 
     # -- POST /v1/embeddings ---------------------------------------------------
     async def embeddings(self, scope, receive, send) -> None:
-        rec = RequestRecord(_request_id(), "unknown", "embeddings", time.perf_counter())
+        rec = RequestRecord(_request_id(scope), "unknown", "embeddings", time.perf_counter())
         try:
             self._authorize(scope)
             raw = await read_body(receive)

@@ -216,3 +216,13 @@ def test_endpoint_model_errors_reach_the_client_with_the_containers_status(gatew
     with pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
     assert e.value.status_code == 502 and "not found" in e.value.message
+
+
+def test_request_id_is_the_clients_when_sane(gateway):
+    r = httpx.post(f"{gateway.base_url}/chat/completions", headers={"x-request-id": "trace-42.a"},
+                   json={"model": "gpt-4o-mini", "messages": MSG})
+    assert r.headers["x-request-id"] == "trace-42.a"
+    assert gateway.entries()[-1]["request_id"] == "trace-42.a"
+    r = httpx.post(f"{gateway.base_url}/chat/completions", headers={"x-request-id": "bad id\\n" + "x" * 300},
+                   json={"model": "gpt-4o-mini", "messages": MSG})
+    assert r.headers["x-request-id"].startswith("gw-")
