@@ -92,7 +92,15 @@ class GatewayApp:
         if scope["type"] == "http":
             handler = self.routes.get((scope["method"], scope["path"]))
             if handler is not None:
-                await handler(scope, receive, send)
+                try:
+                    await handler(scope, receive, send)
+                except Exception:  # noqa: BLE001 — a bug must still answer in OpenAI's shape
+                    log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                    err = GatewayError(500, "The gateway failed on this request; it is logged.", type="server_error")
+                    try:
+                        await send_bytes(send, 500, err.body())
+                    except RuntimeError:  # the response had already started: nothing more to say
+                        pass
             elif scope["path"] in self._paths:
                 await send_bytes(send, 405, GatewayError(405, f"Method {scope['method']} not allowed.").body())
             else:

@@ -63,6 +63,17 @@ def _check_chat(req: dict) -> tuple[bool, int | None]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise bad_request(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(f"'messages[{i}].content' must be a string or an array.", param=f"messages[{i}].content")
+        for key, kind, what in (("name", str, "a string"), ("tool_calls", list, "an array"),
+                                ("function_call", dict, "an object")):
+            if m.get(key) is not None and not isinstance(m[key], kind):
+                raise bad_request(f"'messages[{i}].{key}' must be {what}.", param=f"messages[{i}].{key}")
+    for key in ("tools", "functions"):
+        value = req.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
+            raise bad_request(f"'{key}' must be an array of objects.", param=key)
     stream = req.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean.", param="stream")
