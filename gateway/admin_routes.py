@@ -31,21 +31,24 @@ class AdminRoutes:
             raise GatewayError(401, "Invalid or missing admin key.", code="invalid_api_key")
 
     async def routing(self, scope, receive, send) -> None:
-        try:
-            self._authorize(scope)
-        except GatewayError as e:
-            await send_bytes(send, e.status, e.body())
+        if await self._refused(scope, send):
             return
         await send_bytes(send, 200, orjson.dumps(await self.snapshot(), option=orjson.OPT_NON_STR_KEYS))
 
     async def reload(self, scope, receive, send) -> None:
+        if await self._refused(scope, send):
+            return
+        ok, message = self.app.reload_config()
+        await send_bytes(send, 200 if ok else 400, orjson.dumps({"reloaded": ok, "message": message}))
+
+    async def _refused(self, scope, send) -> bool:
+        """Answers an unauthorised call and says so."""
         try:
             self._authorize(scope)
         except GatewayError as e:
             await send_bytes(send, e.status, e.body())
-            return
-        ok, message = self.app.reload_config()
-        await send_bytes(send, 200 if ok else 400, orjson.dumps({"reloaded": ok, "message": message}))
+            return True
+        return False
 
     async def snapshot(self) -> dict:
         app = self.app

@@ -9,6 +9,15 @@ import tempfile
 from .config import ConfigError, load_config
 
 
+def _load_or_report(path: str):
+    """The config, or None after saying on stderr why it cannot be used (key and reason)."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"gateway: invalid config: {e}", file=sys.stderr)
+        return None
+
+
 def _serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gateway serve", description="Run the OpenAI-compatible gateway.")
     ap.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", "config.yaml"))
@@ -17,10 +26,8 @@ def _serve(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"gateway: invalid config: {e}", file=sys.stderr)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
         return 2
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
@@ -51,10 +58,8 @@ def _check_config(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="gateway check-config")
     ap.add_argument("--config", default="config.yaml")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"invalid: {e}", file=sys.stderr)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
         return 2
     print(f"ok: {len(cfg.backends)} backends, {len(cfg.models)} models, policy {cfg.routing.policy}")
     return 0
