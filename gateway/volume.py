@@ -45,11 +45,6 @@ class VolumeBuckets:
             row[1] += prompt
             row[2] += completion
 
-    def merge(self, other: "VolumeBuckets") -> None:
-        for b, rows in other.buckets.items():
-            for key, (r, p, c) in rows.items():
-                self.add(b, key, r, p, c)
-
     def prune(self, now: float) -> None:
         oldest = bucket_of(now) - HORIZON_S // BUCKET_S - 1
         for b in [b for b in self.buckets if b < oldest]:

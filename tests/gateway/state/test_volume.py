@@ -16,16 +16,13 @@ def test_bucket_of_is_floor_of_10s():
     assert bucket_of(T0 - 0.001) == bucket_of(T0) - 1
 
 
-def test_add_and_merge_accumulate_per_backend_model():
-    a, b = VolumeBuckets(), VolumeBuckets()
+def test_add_accumulates_per_bucket_and_backend_model():
+    a = VolumeBuckets()
     a.add(7, ("openai", "m"), 1, 100, 10)
     a.add(7, ("openai", "m"), 1, 50, 5)
-    b.add(7, ("openai", "m"), 2, 1, 1)
-    b.add(8, ("sagemaker", "m"), 1, 3, 4)
-    a.merge(b)
+    a.add(7, ("openai", "m"), 2, 1, 1)
+    a.add(8, ("sagemaker", "m"), 1, 3, 4)
     assert a.buckets == {7: {("openai", "m"): [4, 151, 16]}, 8: {("sagemaker", "m"): [1, 3, 4]}}
-    a.add(8, ("sagemaker", "m"), 1, 1, 1)
-    assert b.buckets[8][("sagemaker", "m")] == [1, 3, 4]  # merge copies rows, does not alias them
 
 
 def test_window_sums_whole_buckets_and_measures_elapsed_span():
