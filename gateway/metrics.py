@@ -5,6 +5,8 @@ every call, and the hot path records ~8 samples per request.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -77,23 +79,48 @@ class GatewayMetrics:
 
 
 class RouteMetrics:
-    """Pre-resolved children for one (backend, model)."""
+    """Children for one (backend, model), each resolved on first use and kept.
 
-    __slots__ = ("_m", "backend", "model", "prompt", "cached", "completion", "spend", "attributed", "duration",
-                 "ttft", "overhead", "_status", "_reason")
+    Lazily, so that a series exists only once something was counted in it: rejected
+    requests (backend "none") get no token or spend series, an endpoint no per-model spend.
+    """
 
     def __init__(self, m: GatewayMetrics, backend: str, model: str):
         self._m, self.backend, self.model = m, backend, model
-        self.prompt = m.tokens.labels(backend, model, "prompt")
-        self.cached = m.tokens.labels(backend, model, "cached_prompt")
-        self.completion = m.tokens.labels(backend, model, "completion")
-        self.spend = m.spend.labels(backend, model)
-        self.attributed = m.attributed.labels(backend, model)
-        self.duration = m.duration.labels(backend, model)
-        self.ttft = m.ttft.labels(backend, model)
-        self.overhead = m.overhead.labels(backend)
         self._status: dict[int, object] = {}
         self._reason: dict[str, object] = {}
+
+    @cached_property
+    def prompt(self):
+        return self._m.tokens.labels(self.backend, self.model, "prompt")
+
+    @cached_property
+    def cached(self):
+        return self._m.tokens.labels(self.backend, self.model, "cached_prompt")
+
+    @cached_property
+    def completion(self):
+        return self._m.tokens.labels(self.backend, self.model, "completion")
+
+    @cached_property
+    def spend(self):
+        return self._m.spend.labels(self.backend, self.model)
+
+    @cached_property
+    def attributed(self):
+        return self._m.attributed.labels(self.backend, self.model)
+
+    @cached_property
+    def duration(self):
+        return self._m.duration.labels(self.backend, self.model)
+
+    @cached_property
+    def ttft(self):
+        return self._m.ttft.labels(self.backend, self.model)
+
+    @cached_property
+    def overhead(self):
+        return self._m.overhead.labels(self.backend)
 
     def status(self, code: int):
         c = self._status.get(code)
