@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections import deque
 from dataclasses import dataclass, field
 
+from .admission import SlidingLoad
 from .simulator import ReplaySetup, default_horizon
 from .trace import Trace
 
@@ -85,21 +85,10 @@ def _refused_with(n, times, caps, costs, slots, k_count, tps, load_w) -> array:
         for cost, k in zip(costs, slots):
             out[k] += cost
         return out
-    q_t: deque = deque()
-    q_c: deque = deque()
-    load = 0.0
+    window = SlidingLoad(load_w)
     for t, cap, cost, k in zip(times, caps, costs, slots):
-        edge = t - load_w
-        while q_t and q_t[0] <= edge:
-            q_t.popleft()
-            load -= q_c.popleft()
-        if not q_t:
-            load = 0.0
-        if load + cap <= budget:  # same rule as the simulator
-            load += cap
-            q_t.append(t)
-            q_c.append(cap)
-        else:
+        window.advance(t)
+        if not window.admit(t, cap, budget):  # the simulator's rule
             out[k] += cost
     return out
 

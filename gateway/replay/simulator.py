@@ -48,6 +48,7 @@ from routing_policies import (
     TokenPrices, VolumeWindow,
 )
 
+from .admission import SlidingLoad
 from .trace import Trace
 
 Progress = Callable[[int, int], None]  # (requests done, total)
@@ -184,9 +185,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     inst_seconds = 0.0
     last_bill = 0.0
     started = 0
-    q_t: deque[float] = deque()  # admitted requests in the load window: arrival, capacity tokens
-    q_c: deque[float] = deque()
-    load = 0.0
+    window = SlidingLoad(load_w)
     exp_completion = 0.0
     next_tick = 0.0
     reasons: dict[str, int] = {}
@@ -240,23 +239,14 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
                 while pending and pending[0] <= t:
                     pending.popleft()
                     serving += 1
-            edge = t - load_w
-            while q_t and q_t[0] <= edge:
-                q_t.popleft()
-                load -= q_c.popleft()
-            if not q_t:
-                load = 0.0
+            window.advance(t)
             p, c = pr[i], co[i]
-            ep_view = BackendView(ep_name, ENDPOINT, True, None, ctx_window, serving, tps, load / load_w)
+            ep_view = BackendView(ep_name, ENDPOINT, True, None, ctx_window, serving, tps, window.load / load_w)
             cands = (api_view, ep_view) if setup.api_first else (ep_view, api_view)
             d = route(RequestContext(model, p, c, cands, t, exp_completion))
             reason = d.reason
             if d.backend == ep_name:
-                cap = c + weight * p
-                if load + cap <= serving * tps * load_w:
-                    load += cap
-                    q_t.append(t)
-                    q_c.append(cap)
+                if window.admit(t, c + weight * p, serving * tps * load_w):
                     ep_req += 1
                     ep_p += p
                     ep_c += c
