@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Callable
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
+from .policy_inputs import endpoint_spec
 from .volume import fitting_key
 
 _HOUR = Decimal(3600)
@@ -61,8 +62,10 @@ class Accounting:
 
     def reindex_prices(self) -> None:
         """The API a model would use if there were no endpoint (for the savings counterfactual),
-        and the context windows of the endpoints that serve it."""
+        the context windows of the endpoints that serve it, and the endpoints' economics."""
         self._reference_prices = {}
+        self._endpoint_specs = {name: endpoint_spec(b) for name, b in self.config.backends.items()
+                                if b.type == "sagemaker"}
         self._endpoint_windows = {
             model.name: [(r.backend, self.config.backends[r.backend].context_window) for r in model.routes
                          if self.config.backends[r.backend].type == "sagemaker"]
@@ -83,8 +86,9 @@ class Accounting:
         status = self.endpoints[rec.backend]
         per_second = cfg.hourly_price_usd * status.instances_in_service / _HOUR
         w = self.store.volume().window(now, CHARGEBACK_WINDOW_S, backend=rec.backend)
-        mine = usage.completion_tokens + cfg.prompt_token_weight * usage.prompt_tokens
-        window = w.completion_tokens + cfg.prompt_token_weight * w.prompt_tokens
+        spec = self._endpoint_specs[rec.backend]
+        mine = spec.capacity_tokens(usage.prompt_tokens, usage.completion_tokens)
+        window = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens)
         return endpoint_share(per_second, w.seconds, mine, window)
 
     def settle(self, rec: RequestRecord) -> None:

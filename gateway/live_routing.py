@@ -8,7 +8,7 @@ from __future__ import annotations
 from routing_policies import API, ENDPOINT, BackendView, Decision, RequestContext
 
 from .endpoint_state import EndpointStatus
-from .policy_inputs import token_prices
+from .policy_inputs import endpoint_spec, token_prices
 
 LOAD_WINDOW_S = 20  # seconds behind an endpoint's current load: the open volume bucket and the one before
 
@@ -30,11 +30,10 @@ class LiveRouting:
     def refresh(self, now: float) -> None:
         """Recompute endpoint load and every model's candidate views."""
         volume = self.store.volume()
-        for name, status in self.endpoints.items():
-            cfg = self.config.backends[name]
-            w = volume.window(now, LOAD_WINDOW_S, backend=name) if now else None
-            tokens = (w.completion_tokens + cfg.prompt_token_weight * w.prompt_tokens) if w else 0.0
-            self.endpoint_load_tps[name] = tokens / w.seconds if w else 0.0
+        for name in self.endpoints:
+            w = volume.window(now, LOAD_WINDOW_S, backend=name)
+            tokens = endpoint_spec(self.config.backends[name]).capacity_tokens(w.prompt_tokens, w.completion_tokens)
+            self.endpoint_load_tps[name] = tokens / w.seconds
         views = {}
         for model in self.config.models.values():
             all_views = tuple(self._view(route) for route in model.routes)
