@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Callable
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
-from .policy_inputs import endpoint_spec
+from .policy_inputs import endpoint_spec, reference_price_spec
 from .volume import fitting_key
 
 _HOUR = Decimal(3600)
@@ -72,11 +72,9 @@ class Accounting:
             for model in self.config.models.values()
         }
         for model in self.config.models.values():
-            for route in model.routes:
-                b = self.config.backends[route.backend]
-                if b.type == "openai":
-                    self._reference_prices[model.name] = b.prices[route.upstream_model]
-                    break
+            spec = reference_price_spec(self.config, model)
+            if spec is not None:
+                self._reference_prices[model.name] = spec
 
     def cost_of(self, rec: RequestRecord, now: float) -> Decimal:
         cfg = self.config.backends[rec.backend]

@@ -34,10 +34,15 @@ def models_served_by(config, backend: str) -> list:
     return [m for m in config.models.values() if any(r.backend == backend for r in m.routes)]
 
 
-def reference_api_prices(config, model) -> TokenPrices | None:
-    """The prices of the model's first API route: what the endpoint competes against."""
+def reference_price_spec(config, model):
+    """The ``PriceSpec`` of the model's first API route: what the endpoint competes against."""
     for route in model.routes:
         b = config.backends[route.backend]
         if b.type == "openai":
-            return token_prices(b.prices[route.upstream_model])
+            return b.prices[route.upstream_model]
     return None
+
+
+def reference_api_prices(config, model) -> TokenPrices | None:
+    spec = reference_price_spec(config, model)
+    return None if spec is None else token_prices(spec)

@@ -19,6 +19,7 @@ from .asgi_io import bearer_token, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .cost import Usage, display_usd, usage_from_openai
 from .errors import GatewayError, bad_request, upstream_error_body
+from .sse_tap import SseTap
 from .tokens import TokenCounter
 
 SSE = (b"content-type", b"text/event-stream")
@@ -116,6 +117,12 @@ class Proxy:
         keys = self.config.auth.keys
         if keys and bearer_token(scope) not in keys:
             raise GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
+
+    async def _read_request(self, scope, receive) -> tuple[bytes, dict]:
+        """The raw body and its JSON object, once the key was checked (before reading the body)."""
+        self._authorize(scope)
+        raw = await read_body(receive)
+        return raw, _parse(raw)
 
     def _resolve(self, req: dict, kind: str):
         name = req.get("model")
@@ -225,9 +232,7 @@ class Proxy:
     async def chat(self, scope, receive, send) -> None:
         rec = RequestRecord(_request_id(scope), "unknown", "chat", time.perf_counter())
         try:
-            self._authorize(scope)
-            raw = await read_body(receive)
-            req = _parse(raw)
+            raw, req = await self._read_request(scope, receive)
             stream, max_tokens = _check_chat(req)
             model, pinned = self._resolve(req, "chat")
             rec.model, rec.stream = model.name, stream
@@ -287,8 +292,6 @@ class Proxy:
         self.accounting.finish(rec)
 
     async def _stream(self, receive, send, rec, req, counter, reply) -> None:
-        from .sse_tap import SseTap
-
         so = req.get("stream_options") or {}
         tap = SseTap(strip_usage=not so.get("include_usage"))
         rec.status = 200
@@ -337,9 +340,7 @@ class Proxy:
     async def embeddings(self, scope, receive, send) -> None:
         rec = RequestRecord(_request_id(scope), "unknown", "embeddings", time.perf_counter())
         try:
-            self._authorize(scope)
-            raw = await read_body(receive)
-            req = _parse(raw)
+            raw, req = await self._read_request(scope, receive)
             if req.get("input") in (None, "", []):
                 raise bad_request("'input' must be a non-empty string or array.", param="input")
             model, pinned = self._resolve(req, "embeddings")
