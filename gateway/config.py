@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
@@ -304,14 +304,8 @@ def _fill_prices(backends: dict, models: Mapping[str, ModelConfig], file: str) -
                     "(litellm's cost map has no price for this model)"
                 )
             spec = PriceSpec(found["input"], found["output"], found["cached_input"], source="litellm")
-            backends[b.name] = _replace(b, prices={**b.prices, route.upstream_model: spec})
+            backends[b.name] = replace(b, prices={**b.prices, route.upstream_model: spec})
     return backends
-
-
-def _replace(obj, **changes):
-    from dataclasses import replace
-
-    return replace(obj, **changes)
 
 
 def _keys(env: Mapping[str, str], var: str) -> frozenset[str]:
