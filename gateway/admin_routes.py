@@ -72,10 +72,7 @@ class AdminRoutes:
             plan = app.planner.plans.get(name)
             decision = plan.decision if plan else None
             endpoints[name] = {
-                "status": status.status,
-                "instances_in_service": status.instances_in_service,
-                "desired_instances": status.desired_instances,
-                "last_error": status.last_error,
+                **status.as_dict(),  # state (unconfirmed / assumed / confirmed), status, reason, counts
                 "load_capacity_tokens_per_second": app.live.endpoint_load_tps.get(name, 0.0),
                 "capacity_tokens_per_second": status.instances_in_service
                 * app.config.backends[name].max_tokens_per_second,

@@ -21,10 +21,10 @@ from .accounting import Accounting
 from .admin_routes import AdminRoutes
 from .asgi_io import send_bytes
 from .backends import build_backend
-from .capacity_planner import CapacityPlanner
+from .capacity_planner import CapacityPlanner, PlanState
 from .config import ConfigError, GatewayConfig, load_config
 from .endpoint_clock import EndpointClock
-from .endpoint_control import CapacityActuator, EndpointPoller
+from .endpoint_control import CapacityActuator, EndpointPoller, log_unconfirmed
 from .endpoint_state import EndpointStatus
 from .errors import GatewayError
 from .health import BackendHealth
@@ -46,10 +46,13 @@ class GatewayApp:
         self.store = store if store is not None else build_store(config.state)
         self.access_log = access_log if access_log is not None else AccessLog(enabled=config.server.access_log)
         self.backends = {name: build_backend(cfg) for name, cfg in config.backends.items()}
+        # Nothing runs until DescribeEndpoint says so, or the config says it cannot ask (assumed_instances).
         self.endpoints = {
-            name: EndpointStatus(name, instances_in_service=cfg.instance_count, desired_instances=cfg.instance_count)
+            name: EndpointStatus.initial(name, cfg.assumed_instances, "not described yet" if cfg.poll_interval_s > 0
+                                         else "never described (poll_interval_s is 0)")
             for name, cfg in config.backends.items() if cfg.type == "sagemaker"
         }
+        self._confirmed: set[str] = set()  # endpoints the planner has been re-seeded for
         self.health = BackendHealth()
         policy = build_policy(config.routing.policy, config.routing.params)
         self.live = LiveRouting(config, policy, self.store, self.endpoints, self.health)
@@ -129,6 +132,9 @@ class GatewayApp:
                 log.warning("backend %s: %s is empty; requests go to %s without a key", cfg.name,
                             cfg.api_key_env, cfg.base_url)
         self.proxy.load_tokenizers()  # ~0.3 s per encoding: at start, not on the first request
+        for name, status in self.endpoints.items():
+            if name not in self.pollers:  # else the poller says it, once it knows why
+                log_unconfirmed(self.config.backends[name], status)
         await self.store.start()
         for backend in self.backends.values():
             await backend.start()
@@ -165,6 +171,14 @@ class GatewayApp:
             await self.store.sync(now)
         except Exception:  # noqa: BLE001
             log.exception("state sync failed")
+        for name, status in self.endpoints.items():
+            if status.confirmed and name not in self._confirmed:
+                # The first answer from AWS: plan from it as a fresh process plans from its
+                # start (the instances it reports are the current target, kept from now), not
+                # from the 0 instances an unconfirmed endpoint was planned with, which would
+                # scale a running endpoint down on a restart's empty traffic windows.
+                self._confirmed.add(name)
+                self.planner.plans[name] = PlanState(status.instances_in_service, None)
         self.live.refresh(now)
         for poller in self.pollers.values():
             if poller.due(now):
@@ -237,6 +251,8 @@ class GatewayApp:
         for name, poller in self.pollers.items():
             poller.cfg = config.backends[name]
             poller.interval_s = config.backends[name].poll_interval_s or poller.interval_s
+        for name, status in self.endpoints.items():
+            status.assume(config.backends[name].assumed_instances)  # no-op once DescribeEndpoint answered
         self.live.set_policy(policy)
         self.planner.policy = policy
         self.live.refresh(self.clock())
@@ -266,4 +282,8 @@ def app_from_env() -> GatewayApp:
     # log has stdout to itself.
     logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # botocore says at INFO where it found each client's endpoint: once per control-plane
+    # client, which is rebuilt every poll while no credentials are found (DEBUG keeps it).
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     return create_app(load_config(os.environ.get("GATEWAY_CONFIG", "config.yaml")))

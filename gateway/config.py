@@ -50,14 +50,19 @@ class SageMakerBackendConfig:
     endpoint_name: str
     region: str
     instance_type: str
-    instance_count: int
     hourly_price_usd: Decimal  # per instance
     max_tokens_per_second: float  # per instance, capacity tokens (see routing_policies.EndpointSpec)
     context_window: int
     prompt_token_weight: float = 0.0
+    # Instances taken as in service (routed to and charged) while no DescribeEndpoint has
+    # answered: for a deployment that may invoke its endpoint but not describe it. 0 = none.
+    assumed_instances: int = 0
     min_instances: int = 0
     max_instances: int = 1
     startup_s: float = 300.0
+    # Seconds of full throughput the endpoint may hold as backlog before requests go to the API
+    # (routing_policies.admission): the latency a request may see beyond its own decode time.
+    max_queue_s: float = 30.0
     wire_format: str = "messages"  # or "tgi"
     variant_name: str = "AllTraffic"
     endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME / AWS default
@@ -222,20 +227,27 @@ def _openai_backend(name: str, r: _Reader, env: Mapping[str, str]) -> OpenAIBack
 
 
 def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
-    count = r.get("instance_count", int, 1, minimum=0)
+    if "instance_count" in r.data:
+        # Its old meaning (in service from the start, whatever AWS says) charged and routed to
+        # endpoints that did not exist; the count now comes from DescribeEndpoint.
+        raise r.error("instance_count", "no longer used: the gateway reads the instance count with "
+                      "DescribeEndpoint; remove it, or, if this deployment may invoke the endpoint but "
+                      "not describe it, set assumed_instances to the instances that run (and are paid for)")
+    count = r.get("assumed_instances", int, 0, minimum=0)
     cfg = SageMakerBackendConfig(
         name=name,
         endpoint_name=r.get("endpoint_name", str),
         region=r.get("region", str),
         instance_type=r.get("instance_type", str),
-        instance_count=count,
         hourly_price_usd=r.get("hourly_price_usd", Decimal, minimum=0),
         max_tokens_per_second=r.get("max_tokens_per_second", float, minimum=0.001),
         context_window=r.get("context_window", int, minimum=1),
         prompt_token_weight=r.get("prompt_token_weight", float, 0.0, minimum=0),
+        assumed_instances=count,
         min_instances=r.get("min_instances", int, 0, minimum=0),
         max_instances=r.get("max_instances", int, max(1, count), minimum=1),
         startup_s=r.get("startup_s", float, 300.0, minimum=0),
+        max_queue_s=r.get("max_queue_s", float, 30.0, minimum=0.1),
         wire_format=r.get("wire_format", str, "messages", choices=("messages", "tgi")),
         variant_name=r.get("variant_name", str, "AllTraffic"),
         endpoint_url=r.get("endpoint_url", str, None),

@@ -2,7 +2,9 @@
 
 Every process ticks, but each second is claimed from the shared store exactly
 once (``StateStore.claim_accrual``), so N workers or replicas count the
-endpoint's time once, not N times.
+endpoint's time once, not N times. An endpoint nobody has confirmed (and the config
+does not assume) is not charged: its seconds are not even claimed, so that another
+replica that has confirmed the endpoint still counts all of them.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ class EndpointClock:
 
     async def tick(self, now: float) -> None:
         for name, status in self.endpoints.items():
+            if not status.charged:
+                continue
             seconds = await self.store.claim_accrual(f"endpoint:{name}", now)
             if seconds <= 0:
                 continue

@@ -45,8 +45,9 @@ def sagemaker_client(region: str) -> Any:
 
     session = botocore.session.get_session()
     session.get_component("data_loader").search_paths.insert(0, AWS_MODELS_DIR)
-    # Bounded: a hung control plane must not hold the worker thread (or an actuation) forever.
-    config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
+    # Bounded: a hung or unreachable control plane must not hold the worker thread (or an
+    # actuation, or shutdown, which waits for the thread) for long: ~2 s per connection attempt.
+    config = Config(connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
     return boto3.session.Session(botocore_session=session).client("sagemaker", region_name=region, config=config)
 
 
@@ -57,6 +58,50 @@ def _describe_error(e: Exception) -> str:
     if err:
         return f"{err.get('Code', type(e).__name__)}: {err.get('Message', '')}".strip()
     return f"{type(e).__name__}: {e}"
+
+
+# ClientError codes: the caller's identity may not call DescribeEndpoint, or AWS does not
+# accept the credentials at all: not hiccups, the operator has to act (polls go on meanwhile).
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "NotAuthorized",
+                     "AuthorizationError"})
+_REJECTED = frozenset({"UnrecognizedClientException", "InvalidClientTokenId", "InvalidAccessKeyId",
+                       "SignatureDoesNotMatch", "InvalidSignatureException", "IncompleteSignature",
+                       "ExpiredToken", "ExpiredTokenException", "RequestExpired", "MissingAuthenticationToken"})
+NO_CREDENTIALS = "no AWS credentials"
+
+
+def unconfirmed_reason(e: Exception) -> str:
+    """Why a ``DescribeEndpoint`` did not answer, in the words an operator acts on."""
+    from botocore import exceptions as bx  # cheap here: the client that raised this loaded botocore
+
+    if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+        return NO_CREDENTIALS
+    if isinstance(e, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError)):
+        return "control plane unreachable"
+    response = getattr(e, "response", None)
+    err = (response.get("Error") if isinstance(response, dict) else None) or {}
+    code, message = str(err.get("Code", "")), str(err.get("Message", "")).lower()
+    if code in _DENIED or "not authorized" in message:
+        return "not authorized to DescribeEndpoint"
+    if code in _REJECTED:
+        return "AWS credentials rejected"
+    if "throttl" in code.lower():
+        return "DescribeEndpoint throttled"
+    return "DescribeEndpoint failed"
+
+
+def log_unconfirmed(cfg: SageMakerBackendConfig, status: EndpointStatus) -> None:
+    """The one operational line that says an endpoint is not confirmed, and what follows from it."""
+    where = f"endpoint {cfg.endpoint_name} (backend {cfg.name})"
+    detail = f" ({status.last_error})" if status.last_error else ""
+    if status.charged:
+        log.warning("%s not confirmed: %s%s; assuming %d instance(s) in service, routed to and charged "
+                    "(assumed_instances), until DescribeEndpoint answers", where, status.reason, detail,
+                    status.instances_in_service)
+    else:
+        log.warning("%s unconfirmed: %s%s; not routed to and not charged until DescribeEndpoint answers. "
+                    "If this deployment may invoke the endpoint but not describe it, set "
+                    "backends.%s.assumed_instances", where, status.reason, detail, cfg.name)
 
 
 class _Control:
@@ -89,9 +134,12 @@ class EndpointPoller(_Control):
     """Keeps ``status`` in line with ``DescribeEndpoint`` for the configured variant.
 
     Call ``await poll(now)`` every tick; it calls AWS only every ``interval_s`` seconds
-    and never two calls at once. On an error (endpoint not found, throttling, no
-    credentials) the last known status and counts are kept and ``last_error`` says why:
-    a control-plane hiccup is not a reason to stop routing to a serving endpoint.
+    and never two calls at once. Until a call answers the endpoint stays unconfirmed
+    (or assumed, see ``EndpointStatus``) and ``reason`` says why ("no AWS credentials",
+    "not authorized to DescribeEndpoint", ...), logged once per reason. Once one has
+    answered, an error (throttling, network, expired credentials) keeps the last known
+    status and counts and ``last_error`` says why: a control-plane hiccup is not a reason
+    to stop routing to a serving endpoint. "Not found" is an answer: nothing serves there.
     """
 
     def __init__(self, cfg: SageMakerBackendConfig, status: EndpointStatus,
@@ -106,6 +154,14 @@ class EndpointPoller(_Control):
     def _describe(self) -> dict:
         return self._client().describe_endpoint(EndpointName=self.cfg.endpoint_name)
 
+    def _unconfirmed(self, e: Exception, reason: str) -> None:
+        """No answer, and none before: the state stays unconfirmed (or assumed) and says why, once."""
+        st = self.status
+        st.last_error = f"{_DESCRIBE}: {_describe_error(e)}"
+        if reason != st.reason:
+            st.reason = reason
+            log_unconfirmed(self.cfg, st)
+
     async def poll(self, now: float) -> bool:
         """Poll if due; True if AWS was asked (whether or not it answered)."""
         if not self.due(now):
@@ -114,22 +170,32 @@ class EndpointPoller(_Control):
         try:
             desc = await asyncio.to_thread(self._describe)
         except Exception as e:  # noqa: BLE001 — any failure is reported, none stops the tick
-            message = self._set_error(_DESCRIBE, e)
-            if "Could not find endpoint" in message:
+            reason = unconfirmed_reason(e)
+            if reason == NO_CREDENTIALS:
+                self._client_obj = None  # credentials are resolved with the client: look again next time
+            if "Could not find endpoint" in _describe_error(e):
                 # Known not to exist (unlike a throttled or unreachable control plane): nothing
                 # serves there and nothing is billed, so neither routing nor accrual may assume it.
+                self._set_error(_DESCRIBE, e)
                 self.status.status, self.status.healthy = "NotFound", False
                 self.status.instances_in_service = self.status.desired_instances = 0
                 self.status.polled_at = now
+            elif self.status.confirmed:
+                self._set_error(_DESCRIBE, e)  # the last answer stands
+            else:
+                self._unconfirmed(e, reason)
             return True
         finally:
             self._busy = False
         st = self.status
         variants = desc.get("ProductionVariants", [])
         variant = next((v for v in variants if v.get("VariantName") == self.cfg.variant_name), None)
+        if not st.confirmed:
+            log.info("endpoint %s (backend %s) confirmed by DescribeEndpoint: %s", self.cfg.endpoint_name,
+                     self.cfg.name, desc.get("EndpointStatus"))
         st.status = desc.get("EndpointStatus", st.status)
         st.healthy = st.status in ("InService", "Updating")
-        st.polled_at = now
+        st.polled_at, st.reason = now, None
         if variant is None:
             st.last_error = f"{_DESCRIBE}: no variant {self.cfg.variant_name!r} on endpoint {self.cfg.endpoint_name!r}"
             return True

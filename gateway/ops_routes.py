@@ -21,9 +21,10 @@ class OpsRoutes:
         app = self.app
         # A Redis outage is not a reason to stop serving: deltas are buffered and land later.
         # Taking every replica out of the load balancer for it would turn it into an outage.
+        # Nor is an endpoint nobody could confirm: the API serves; the state says what is known.
         ready = app.started
         body = {"ready": ready, "state_store": app.store.kind, "state_store_healthy": app.store.healthy,
-                "endpoints": {n: s.status for n, s in app.endpoints.items()}}
+                "endpoints": {n: s.as_dict() for n, s in app.endpoints.items()}}
         await send_bytes(send, 200 if ready else 503, orjson.dumps(body))
 
     async def metrics(self, scope, receive, send) -> None:

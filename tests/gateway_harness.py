@@ -64,7 +64,7 @@ def standin_config(openai, sagemaker=None, **sections) -> dict:
     if sagemaker is not None:
         backends["sagemaker"] = {
             "type": "sagemaker", "endpoint_name": "standin-endpoint", "region": "us-east-1",
-            "endpoint_url": sagemaker.base_url, "instance_type": "ml.g5.xlarge", "instance_count": 1,
+            "endpoint_url": sagemaker.base_url, "instance_type": "ml.g5.xlarge", "assumed_instances": 1,
             "hourly_price_usd": "1.408", "max_tokens_per_second": 300, "context_window": 8192,
             "poll_interval_s": 0,  # no control plane here; tests/gateway/test_control_wiring.py has moto
         }
@@ -136,6 +136,8 @@ class ServedGateway:
     """``gateway serve`` in a subprocess (the real CLI and uvicorn workers), ready on ``url``.
 
     Not covered by the in-process network guard: give it loopback-only config and env.
+    ``env`` is added to this process's environment; a ``None`` value removes the variable.
+    After ``__exit__``, ``stderr`` holds the operational log.
     """
 
     def __init__(self, config_path: str, env: dict | None = None, *extra_args: str, start_timeout: float = 30):
@@ -144,10 +146,11 @@ class ServedGateway:
         self.base_url = f"{self.url}/v1"
         self._args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
                       "--port", str(self.port), *extra_args]
-        self._env = {**os.environ, **(env or {})}
+        self._env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self._env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self._timeout = start_timeout
         self.proc: subprocess.Popen | None = None
+        self.stderr = ""
 
     def __enter__(self) -> "ServedGateway":
         self.proc = subprocess.Popen(self._args, cwd=ROOT, env=self._env, stdout=subprocess.DEVNULL,
@@ -169,7 +172,7 @@ class ServedGateway:
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=30)
+            self.stderr = self.proc.communicate(timeout=30)[1].decode(errors="replace")
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            self.stderr = self.proc.communicate()[1].decode(errors="replace")

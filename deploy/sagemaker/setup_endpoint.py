@@ -214,7 +214,8 @@ backends:
     endpoint_name: {q(args.endpoint_name)}
     region: {q(args.region)}
     instance_type: {q(args.instance_type)}
-    instance_count: {args.instance_count}
+    # instances in service: read with DescribeEndpoint (the gateway's IAM policy must allow it; if it
+    # cannot, set assumed_instances: {args.instance_count} to route to and charge them regardless)
     hourly_price_usd: {filled(args.hourly_price_usd)}  # USD per instance-hour (on-demand price for the region)
     max_tokens_per_second: {filled(args.max_tokens_per_second)}  # completion tokens/s per instance, measured
     context_window: {args.context_window}  # tokens; the container has MAX_TOTAL_TOKENS={args.context_window}

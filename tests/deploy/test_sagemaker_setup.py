@@ -113,7 +113,8 @@ def test_print_config_passes_gateway_validation(setup_endpoint, sm, capsys):
     minimal = {"backends": printed["backends"],
                "models": {"chat": {"backends": [{"backend": "sagemaker", "model": "chat"}]}}}
     cfg = parse_config(minimal, "printed.yaml", env={}).backends["sagemaker"]
-    assert (cfg.endpoint_name, cfg.region, cfg.instance_type, cfg.instance_count) == (name, REGION, "ml.g4dn.xlarge", 2)
+    assert (cfg.endpoint_name, cfg.region, cfg.instance_type) == (name, REGION, "ml.g4dn.xlarge")
+    assert cfg.assumed_instances == 0  # the gateway reads the 2 instances with DescribeEndpoint
     assert (cfg.context_window, cfg.wire_format, cfg.variant_name) == (8192, "messages", "AllTraffic")
     assert (str(cfg.hourly_price_usd), cfg.max_tokens_per_second) == ("0.7364", 120.0)
     assert (cfg.min_instances, cfg.max_instances) == (1, 3)

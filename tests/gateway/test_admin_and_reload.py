@@ -63,7 +63,7 @@ def test_recommendation_scales_up_against_a_pricey_api(openai_standin, sagemaker
                           routing={"policy": "break_even", "capacity_interval_s": 0.2})
     # gpt-4o prices: a busy endpoint pays off
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "cached_input": 1.25, "output": 10}}
-    data["backends"]["sagemaker"]["instance_count"] = 0
+    data["backends"]["sagemaker"]["assumed_instances"] = 0
     with RunningGateway(build_config(data, openai=openai_standin)) as gw:
         client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
         openai_standin.script(prompt_tokens=3000, completion_tokens=400)
@@ -110,7 +110,7 @@ def test_capacity_is_sized_for_the_traffic_that_fits_the_endpoint(openai_standin
     data = standin_config(openai_standin, sagemaker_standin,
                           routing={"policy": "break_even", "capacity_interval_s": 0.2})
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
-    data["backends"]["sagemaker"].update(instance_count=0, context_window=8192)
+    data["backends"]["sagemaker"].update(assumed_instances=0, context_window=8192)
     with RunningGateway(build_config(data, openai=openai_standin)) as gw:
         client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
         recommendation = lambda: httpx.get(f"{gw.url}/admin/routing").json()["endpoints"]["sagemaker"][  # noqa: E731

@@ -61,7 +61,7 @@ def test_default_config_loads_with_defaults_when_env_is_empty():
     assert api.api_key_env == "OPENAI_API_KEY" and api.api_key == ""
     assert sm.endpoint_name == "gateway-selfhosted" and sm.region == "us-east-1"
     assert sm.hourly_price_usd == Decimal("1.408") and isinstance(sm.hourly_price_usd, Decimal)
-    assert (sm.min_instances, sm.max_instances, sm.instance_count) == (0, 4, 1)
+    assert (sm.min_instances, sm.max_instances, sm.assumed_instances) == (0, 4, 0)
     assert sm.wire_format == "messages"
     assert cfg.state.redis_url is None
     assert cfg.auth.keys == frozenset() and cfg.auth.admin_keys == frozenset()
@@ -124,10 +124,24 @@ def test_config_objects_are_frozen():
 
 def test_sagemaker_defaults(tmp_path):
     data = base()
-    data["backends"]["sm"]["instance_count"] = 3
+    data["backends"]["sm"]["assumed_instances"] = 3
     sm = load_yaml(tmp_path, data)[0].backends["sm"]
-    assert sm.max_instances == 3  # defaults to the current count
+    assert sm.max_instances == 3  # defaults to the assumed count
     assert (sm.min_instances, sm.variant_name, sm.endpoint_url, sm.prompt_token_weight) == (0, "AllTraffic", None, 0.0)
+
+
+def test_instance_count_is_refused_with_what_to_write_instead(tmp_path):
+    data = base()
+    data["backends"]["sm"]["instance_count"] = 1  # the old key: in service from the start, whatever AWS said
+    message, path = config_error(tmp_path, data)
+    assert message.startswith(f"{path}: backends.sm.instance_count: no longer used")
+    assert "DescribeEndpoint" in message and "assumed_instances" in message
+
+
+def test_default_config_takes_assumed_instances_from_the_environment():
+    assert load_config(DEFAULT_CONFIG, env={}).backends["sagemaker"].assumed_instances == 0
+    cfg = load_config(DEFAULT_CONFIG, env={"SAGEMAKER_ASSUMED_INSTANCES": "2"})
+    assert cfg.backends["sagemaker"].assumed_instances == 2
 
 
 def test_model_route_defaults_upstream_model_to_its_own_name(tmp_path):

@@ -24,7 +24,7 @@ def _gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run):
     data = standin_config(openai_standin, sagemaker_standin,
                           routing={"policy": "break_even", "capacity_interval_s": 0.3, "dry_run": dry_run})
     sm = data["backends"]["sagemaker"]
-    sm.update(endpoint_name=endpoint, poll_interval_s=0.3, instance_count=0, min_instances=0, max_instances=3,
+    sm.update(endpoint_name=endpoint, poll_interval_s=0.3, assumed_instances=0, min_instances=0, max_instances=3,
               actuation_cooldown_s=0)
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
     return build_config(data, openai=openai_standin)
@@ -40,7 +40,7 @@ def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemak
     # the runtime stand-in serves one fixed endpoint name: answer for this one too
     sagemaker_standin.endpoints.add(endpoint)
     with RunningGateway(_gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run)) as gw:
-        # the configured instance_count (0) is replaced by what DescribeEndpoint says
+        # unconfirmed (0 instances) until DescribeEndpoint answers; then its counts apply
         assert wait_until(lambda: gw.app.endpoints["sagemaker"].status == "InService"
                      and gw.app.endpoints["sagemaker"].instances_in_service == 1)
         # 120 answers of 1,500 tokens within the 5-minute window: ~1,440 requests/h × 1,500 tokens
@@ -67,7 +67,7 @@ def test_gateway_polls_and_actuates_only_without_dry_run(openai_standin, sagemak
 
 def test_missing_endpoint_is_neither_routed_to_nor_charged(openai_standin, sagemaker_standin, control_plane):
     data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
-    data["backends"]["sagemaker"].update(endpoint_name="never-created", poll_interval_s=0.2, instance_count=1)
+    data["backends"]["sagemaker"].update(endpoint_name="never-created", poll_interval_s=0.2, assumed_instances=1)
     with RunningGateway(build_config(data, openai=openai_standin)) as gw:
         assert wait_until(lambda: gw.app.endpoints["sagemaker"].status == "NotFound")
         # routing inputs are rebuilt on the next state tick
@@ -79,3 +79,17 @@ def test_missing_endpoint_is_neither_routed_to_nor_charged(openai_standin, sagem
             ("openai", "endpoint_unhealthy")
         time.sleep(1.2)
         assert gw.sample("gateway_spend_usd_total", backend="sagemaker", model="") == spent
+
+
+def test_an_endpoint_confirmed_after_start_is_not_scaled_down_on_an_empty_start(openai_standin, sagemaker_standin,
+                                                                             control_plane):
+    """Planned with 0 instances while unconfirmed; the first answer (1 instance) is where a fresh process
+    starts from, so no scale-down follows from the empty windows of a restart."""
+    endpoint = make_endpoint(control_plane, instances=1)
+    sagemaker_standin.endpoints.add(endpoint)
+    with RunningGateway(_gateway_config(openai_standin, sagemaker_standin, endpoint, dry_run=False)) as gw:
+        assert wait_until(lambda: gw.app.endpoints["sagemaker"].state == "confirmed")
+        decided = gw.app.planner.plans["sagemaker"].decided_at or 0
+        assert wait_until(lambda: (gw.app.planner.plans["sagemaker"].decided_at or 0) > decided + 0.5)
+        assert gw.app.planner.plans["sagemaker"].decision.instances == 1
+        assert (gw.app.last_actuation["sagemaker"]["action"], _instances(control_plane, endpoint)) == ("none", 1)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from decimal import Decimal
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from moto.backends import get_backend
 
 from aws_standin import ACCOUNT, REGION, make_endpoint
 
 from gateway.config import SageMakerBackendConfig
-from gateway.endpoint_control import CapacityActuator, EndpointPoller
+from gateway.endpoint_control import CapacityActuator, EndpointPoller, unconfirmed_reason
 from gateway.endpoint_state import EndpointStatus
 
 
@@ -39,7 +41,7 @@ def aws(moto_url, test_client, monkeypatch):
 
 def backend_cfg(endpoint: str, min_instances=0, max_instances=4, variant="AllTraffic") -> SageMakerBackendConfig:
     return SageMakerBackendConfig(
-        name="sm", endpoint_name=endpoint, region=REGION, instance_type="ml.g4dn.xlarge", instance_count=1,
+        name="sm", endpoint_name=endpoint, region=REGION, instance_type="ml.g4dn.xlarge",
         hourly_price_usd=Decimal("0.7364"), max_tokens_per_second=500.0, context_window=8192,
         min_instances=min_instances, max_instances=max_instances, variant_name=variant,
     )
@@ -49,8 +51,8 @@ def current_count(sm, endpoint: str) -> int:
     return sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
 
 
-async def polled(cfg, **kw) -> EndpointStatus:
-    status = EndpointStatus("sm", instances_in_service=1, desired_instances=1)
+async def polled(cfg, assumed: int = 1, **kw) -> EndpointStatus:
+    status = EndpointStatus.initial("sm", assumed_instances=assumed)
     await EndpointPoller(cfg, status, **kw).poll(0.0)
     return status
 
@@ -95,38 +97,128 @@ def test_missing_variant_is_an_error_not_a_crash(aws):
     assert "no variant 'Blue'" in status.last_error
 
 
-def test_no_credentials_sets_last_error(aws, monkeypatch, tmp_path):
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """Nowhere in the standard chain holds credentials (env, files; conftest disables IMDS)."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+
+    def restore():
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(var, "testing")
+    return restore
+
+
+def test_no_credentials_keeps_assumed_instances_and_says_why(aws, no_credentials):
     status = asyncio.run(polled(backend_cfg(make_endpoint(aws))))
     assert status.last_error == "DescribeEndpoint: NoCredentialsError: Unable to locate credentials"
-    assert status.instances_in_service == 1
+    assert (status.state, status.status, status.reason) == ("assumed", "Assumed", "no AWS credentials")
+    assert status.instances_in_service == 1 and status.serving and status.charged
 
 
-class ThrottlingFront:
-    """A real HTTP server in front of moto that answers as AWS does when throttling.
+def test_without_credentials_the_endpoint_stays_unconfirmed_and_says_so_once(aws, no_credentials, caplog):
+    endpoint = make_endpoint(aws, instances=2)
+    status = EndpointStatus.initial("sm")
+    poller = EndpointPoller(backend_cfg(endpoint), status, interval_s=15)
 
-    While ``throttle`` is set every call gets AWS's JSON-protocol error (HTTP 400,
-    ``__type: ThrottlingException``); otherwise requests are forwarded to moto as sent.
+    async def run():
+        started = time.monotonic()
+        await poller.poll(0.0)
+        took = time.monotonic() - started
+        await poller.poll(20.0)
+        return took
+
+    with caplog.at_level(logging.INFO, logger="gateway.endpoint_control"):
+        took = asyncio.run(run())
+    assert took < 3, f"a describe without credentials took {took:.1f} s"
+    assert (status.state, status.status, status.reason) == ("unconfirmed", "unconfirmed", "no AWS credentials")
+    assert (status.instances_in_service, status.serving, status.charged, status.polled_at) == (0, False, False, None)
+    said = [r.getMessage() for r in caplog.records if "unconfirmed" in r.getMessage()]
+    assert len(said) == 1 and "no AWS credentials" in said[0] and "assumed_instances" in said[0], said
+    # Credentials that turn up later are found: the client is rebuilt while there were none.
+    no_credentials()
+    asyncio.run(poller.poll(40.0))
+    assert (status.state, status.status, status.instances_in_service, status.reason) == ("confirmed", "InService", 2,
+                                                                                          None)
+    assert status.serving and status.charged and status.polled_at == 40.0
+
+
+def test_unreachable_control_plane_fails_fast_and_stays_unconfirmed(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", "http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    status = asyncio.run(polled(backend_cfg("gateway-selfhosted"), assumed=0))
+    assert time.monotonic() - started < 10
+    assert (status.state, status.reason, status.instances_in_service) == ("unconfirmed", "control plane unreachable", 0)
+    assert status.last_error.startswith("DescribeEndpoint: EndpointConnectionError")
+
+
+DENIED = ("AccessDeniedException", "User: arn:aws:iam::123456789012:user/app is not authorized to perform: "
+          "sagemaker:DescribeEndpoint on resource: arn:aws:sagemaker:us-east-1:123456789012:endpoint/x")
+
+
+def test_not_authorized_to_describe_stays_unconfirmed_until_allowed(aws, moto_url):
+    endpoint = make_endpoint(aws, instances=2)
+    front = ErrorFront(moto_url, *DENIED)
+    try:
+        client = boto3.client("sagemaker", region_name=REGION, endpoint_url=front.url)
+        status = EndpointStatus.initial("sm")
+        poller = EndpointPoller(backend_cfg(endpoint), status, lambda: client)
+        asyncio.run(poller.poll(0.0))
+        assert (status.state, status.reason, status.serving) == ("unconfirmed", "not authorized to DescribeEndpoint",
+                                                                 False)
+        assert status.last_error.startswith("DescribeEndpoint: AccessDeniedException: User:")
+        front.refusing = False  # the policy now allows it
+        asyncio.run(poller.poll(20.0))
+        assert (status.state, status.instances_in_service, status.reason) == ("confirmed", 2, None)
+        # A confirmed endpoint keeps its last answer when access goes away again.
+        front.refusing = True
+        asyncio.run(poller.poll(40.0))
+        assert (status.state, status.status, status.instances_in_service, status.polled_at) == \
+            ("confirmed", "InService", 2, 20.0)
+        assert "AccessDeniedException" in status.last_error
+    finally:
+        front.close()
+
+
+@pytest.mark.parametrize("error, reason", [
+    (NoCredentialsError(), "no AWS credentials"),
+    (ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "DescribeEndpoint"),
+     "not authorized to DescribeEndpoint"),
+    (ClientError({"Error": {"Code": "UnrecognizedClientException", "Message": "The security token included in the "
+                            "request is invalid."}}, "DescribeEndpoint"), "AWS credentials rejected"),
+    (ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "DescribeEndpoint"),
+     "DescribeEndpoint throttled"),
+    (EndpointConnectionError(endpoint_url="http://127.0.0.1:9/"), "control plane unreachable"),
+])
+def test_unconfirmed_reason_names_what_to_fix(error, reason):
+    assert unconfirmed_reason(error) == reason
+
+
+class ErrorFront:
+    """A real HTTP server in front of moto that answers as AWS does when refusing a call.
+
+    While ``refusing`` is set every call gets AWS's JSON-protocol error (HTTP 400,
+    ``__type: <code>``, ThrottlingException by default); otherwise requests are forwarded
+    to moto as sent.
     """
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, code: str = "ThrottlingException", message: str = "Rate exceeded"):
         import http.server
+        import json
         import threading
         import urllib.request
 
         front = self
-        self.throttle = True
+        self.refusing = True
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                if front.throttle:
-                    payload = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
-                    status, headers = 400, {"x-amzn-ErrorType": "ThrottlingException",
-                                            "Content-Type": "application/x-amz-json-1.1"}
+                if front.refusing:
+                    payload = json.dumps({"__type": code, "message": message}).encode()
+                    status, headers = 400, {"x-amzn-ErrorType": code, "Content-Type": "application/x-amz-json-1.1"}
                 else:
                     req = urllib.request.Request(upstream + self.path, data=body, method="POST",
                                                  headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
@@ -156,7 +248,7 @@ def test_throttling_keeps_last_known_state_then_recovers(aws, moto_url):
     from botocore.config import Config
 
     endpoint = make_endpoint(aws, instances=3)
-    front = ThrottlingFront(moto_url)
+    front = ErrorFront(moto_url)
     try:
         client = boto3.client("sagemaker", region_name=REGION, endpoint_url=front.url,
                               config=Config(retries={"mode": "standard", "max_attempts": 1}))
@@ -165,7 +257,7 @@ def test_throttling_keeps_last_known_state_then_recovers(aws, moto_url):
         asyncio.run(poller.poll(20.0))
         assert status.last_error == "DescribeEndpoint: ThrottlingException: Rate exceeded"
         assert (status.status, status.instances_in_service, status.polled_at) == ("InService", 2, 1.0)
-        front.throttle = False
+        front.refusing = False
         asyncio.run(poller.poll(40.0))
         assert status.last_error is None and status.instances_in_service == 3 and status.polled_at == 40.0
     finally:
@@ -254,7 +346,7 @@ def test_no_change_while_updating(aws):
 
 def test_no_change_before_first_poll(aws):
     endpoint = make_endpoint(aws, instances=2)
-    status = EndpointStatus("sm", instances_in_service=2, desired_instances=2)  # "Assumed"
+    status = EndpointStatus.initial("sm", assumed_instances=2)  # "Assumed": not InService
     result = asyncio.run(CapacityActuator(backend_cfg(endpoint), status, dry_run=False).apply(3, "test", 10.0))
     assert result.action == "held" and current_count(aws, endpoint) == 2
 

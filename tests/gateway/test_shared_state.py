@@ -17,7 +17,7 @@ def _config_file(openai_standin, sagemaker_standin, redis_url, path):
                           routing={"policy": "break_even", "capacity_interval_s": 0.2},
                           state={"redis_url": redis_url, "flush_interval_s": 0.2})
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
-    data["backends"]["sagemaker"]["instance_count"] = 0
+    data["backends"]["sagemaker"]["assumed_instances"] = 0
     path.write_text(yaml.safe_dump(data))
     return path
 

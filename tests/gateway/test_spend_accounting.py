@@ -8,6 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from gateway_harness import RunningGateway, build_config, standin_config
+from routing_policies import build_policy
 
 from gateway.app import create_app
 from gateway.access_log import AccessLog
@@ -28,7 +29,7 @@ class StepClock:
 
 def test_endpoint_spend_is_instance_time_times_price(openai_standin, sagemaker_standin, tmp_path):
     data = standin_config(openai_standin, sagemaker_standin)
-    data["backends"]["sagemaker"]["instance_count"] = 2
+    data["backends"]["sagemaker"]["assumed_instances"] = 2
     clock = StepClock(1_000_000.0)
     app = create_app(build_config(data, openai=openai_standin), clock=clock,
                      access_log=AccessLog(open(tmp_path / "log", "wb")))
@@ -45,6 +46,37 @@ def test_endpoint_spend_is_instance_time_times_price(openai_standin, sagemaker_s
     assert app.endpoint_clock.accrued_usd["sagemaker"] == Decimal("2.816")
     assert app.registry.get_sample_value("gateway_spend_usd_total", {"backend": "sagemaker", "model": ""}) \
         == pytest.approx(2.816, rel=1e-12)
+
+
+def test_unconfirmed_endpoint_costs_nothing_not_even_later(openai_standin, sagemaker_standin, tmp_path):
+    data = standin_config(openai_standin, sagemaker_standin)
+    data["backends"]["sagemaker"]["assumed_instances"] = 0  # never described (poll_interval_s 0), nothing assumed
+    clock = StepClock(1_000_000.0)
+    app = create_app(build_config(data, openai=openai_standin), clock=clock,
+                     access_log=AccessLog(open(tmp_path / "log", "wb")))
+    spend = lambda: app.registry.get_sample_value(  # noqa: E731
+        "gateway_spend_usd_total", {"backend": "sagemaker", "model": ""})
+
+    async def run():
+        await app.startup()
+        for _ in range(2):
+            clock.now += 1800.0
+            await app.tick()
+        unconfirmed = (app.endpoints["sagemaker"].state, spend())
+        # The operator then says one instance runs: charged from now, not for the hour before.
+        data["backends"]["sagemaker"]["assumed_instances"] = 1
+        config = build_config(data, openai=openai_standin)
+        app.apply_config(config, build_policy(config.routing.policy, config.routing.params))
+        await app.tick()  # ticks come every second: the first one starts the clock
+        for _ in range(2):
+            clock.now += 1800.0
+            await app.tick()
+        await app.shutdown()
+        return unconfirmed
+
+    assert asyncio.run(run()) == ("unconfirmed", 0.0)
+    assert app.endpoints["sagemaker"].state == "assumed"
+    assert app.endpoint_clock.accrued_usd["sagemaker"] == Decimal("1.408")  # 1 instance × 1 h
 
 
 def test_endpoint_spend_accrues_in_real_time(gateway):
