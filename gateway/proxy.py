@@ -14,6 +14,8 @@ import time
 
 import orjson
 
+from routing_policies.rules import in_service
+
 from .accounting import RequestRecord
 from .asgi_io import bearer_token, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
@@ -164,11 +166,17 @@ class Proxy:
                     if v.context_window and v.healthy and v.instances_in_service > 0), default=float("inf"))
 
     def _plan(self, model, pinned, decision_backend: str) -> list:
-        """The chosen route first, then one other backend to fail over to (not when pinned)."""
+        """The chosen route first, then one other backend to fail over to (not when pinned).
+
+        Only to a backend that could answer: an endpoint with no instance known to be in
+        service (unconfirmed, not found, scaled to 0) is never tried, not even as a fallback.
+        """
         routes = {r.backend: r for r in model.routes}
         order = [routes[decision_backend]]
         if pinned is None:
-            order += [r for r in model.routes if r.backend != decision_backend and self.health.usable(r.backend)][:1]
+            usable = {v.name for v in self.live.candidates(model.name, None) if v.healthy and in_service(v)}
+            order += [r for r in model.routes if r.backend != decision_backend and r.backend in usable
+                      and self.health.usable(r.backend)][:1]
         return order
 
     @staticmethod

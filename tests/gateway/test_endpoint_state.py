@@ -1,4 +1,4 @@
-"""An endpoint nobody has confirmed is neither routed to nor charged.
+"""An endpoint nobody has confirmed is neither routed to (not even on failover) nor charged.
 
 The gateway runs in-process against the stand-ins; the endpoint is never described
 (``poll_interval_s: 0``), so it stays unconfirmed unless ``assumed_instances`` says otherwise.
@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
+import pytest
 from gateway_harness import RunningGateway, build_config, standin_config
 from openai import OpenAI
 
@@ -22,6 +24,17 @@ def _gateway(openai_standin, sagemaker_standin, assumed: int, policy: str = "bre
 
 def _endpoint_spend(gw) -> float:
     return gw.sample("gateway_spend_usd_total", backend="sagemaker", model="") or 0.0
+
+
+def test_a_failing_api_does_not_fail_over_to_an_unconfirmed_endpoint(openai_standin, sagemaker_standin):
+    with _gateway(openai_standin, sagemaker_standin, assumed=0, policy="always_selfhosted") as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        openai_standin.fail_next(503)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert e.value.status_code == 503
+        assert e.value.response.headers["x-gateway-route-reason"] == "endpoint_not_in_service"
+        assert sagemaker_standin.requests == []
 
 
 def test_a_pinned_request_is_forwarded_but_no_instance_time_is_charged(openai_standin, sagemaker_standin):
