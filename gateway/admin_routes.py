@@ -73,7 +73,7 @@ class AdminRoutes:
             decision = plan.decision if plan else None
             endpoints[name] = {
                 **status.as_dict(),  # state (unconfirmed / assumed / confirmed), status, reason, counts
-                "load_capacity_tokens_per_second": app.live.endpoint_load_tps.get(name, 0.0),
+                "backlog_capacity_tokens": app.live.endpoint_backlog_tokens.get(name, 0.0),
                 "capacity_tokens_per_second": status.instances_in_service
                 * app.config.backends[name].max_tokens_per_second,
                 "dry_run": app.config.routing.dry_run,

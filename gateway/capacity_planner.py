@@ -8,12 +8,14 @@ changed are kept here, so the policy stays stateless.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dataclasses import replace
 
 from routing_policies import CapacityContext, CapacityDecision, VolumeWindow
 
 from .policy_inputs import endpoint_spec, models_served_by, reference_api_prices
-from .volume import WINDOWS_S, fitting_key
+from .volume import WINDOWS_S, fitting_key, load_moments
 
 log = logging.getLogger("gateway.capacity")
 
@@ -27,22 +29,28 @@ class PlanState:
     last_change_s: float | None
     decision: CapacityDecision | None = None
     decided_at: float | None = None
+    memo: dict = field(default_factory=dict)  # the policy's own carried state (CapacityDecision.memo)
 
 
-def sum_windows(volume, now: float, models, endpoint: str) -> tuple[VolumeWindow, ...]:
+def sum_windows(volume, now: float, models, endpoint: str, weight: float = 0.0) -> tuple[VolumeWindow, ...]:
     """Traffic of these models that fits ``endpoint``'s context window, whichever backend served it.
 
     Requests too long for the endpoint go to the API whatever its size: counting them
     would size (and pay for) instances that could never serve them. The replay counts the same.
+    The longest window carries the load's ``LoadMoments`` (``weight``: the endpoint's prompt weight).
     """
     out = []
+    keys = tuple(fitting_key(model.name, endpoint) for model in models)
     for seconds in WINDOWS_S:
         r = p = c = 0.0
         span = float(seconds)
-        for model in models:
-            w = volume.window(now, seconds, model=fitting_key(model.name, endpoint))
+        for key in keys:
+            w = volume.window(now, seconds, model=key)
             r, p, c, span = r + w.requests, p + w.prompt_tokens, c + w.completion_tokens, w.seconds
         out.append(VolumeWindow(span, r, p, c))
+    longest = WINDOWS_S[-1]
+    moments = load_moments(volume.loads(now, longest, weight, models=keys), now, longest)
+    out[-1] = replace(out[-1], moments=moments)
     return tuple(out)
 
 
@@ -72,12 +80,15 @@ class CapacityPlanner:
             plan = self.plans[name]
             if plan.last_change_s is None:
                 plan.last_change_s = now
+            spec = endpoint_spec(self.config.backends[name])
             ctx = CapacityContext(
-                now_s=now, endpoint=endpoint_spec(self.config.backends[name]), api_prices=prices,
-                windows=sum_windows(volume, now, models, name), instances_in_service=status.instances_in_service,
-                current_target=plan.target, last_change_s=plan.last_change_s,
+                now_s=now, endpoint=spec, api_prices=prices,
+                windows=sum_windows(volume, now, models, name, spec.prompt_token_weight),
+                instances_in_service=status.instances_in_service,
+                current_target=plan.target, last_change_s=plan.last_change_s, memo=plan.memo,
             )
             decision = self.policy.plan_capacity(ctx)
+            plan.memo = dict(decision.memo)
             if decision.instances != plan.target:
                 log.info("capacity %s: %d -> %d instances (%s)", name, plan.target, decision.instances,
                          decision.reason)

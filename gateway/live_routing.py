@@ -6,11 +6,15 @@ request: a request only looks up its model's tuple and calls ``policy.route``.
 from __future__ import annotations
 
 from routing_policies import API, ENDPOINT, BackendView, Decision, RequestContext
+from routing_policies.admission import FluidBacklog
 
 from .endpoint_state import EndpointStatus
 from .policy_inputs import endpoint_spec, token_prices
+from .volume import BUCKET_S
 
-LOAD_WINDOW_S = 20  # seconds behind an endpoint's current load: the open volume bucket and the one before
+# How far back the backlog is rebuilt from the volume buckets: it drains within max_queue_s
+# of full throughput, so a few times that is enough (and bounded work per refresh).
+BACKLOG_HISTORY_S = 300
 
 
 class LiveRouting:
@@ -21,7 +25,7 @@ class LiveRouting:
         self.endpoints = endpoints
         self.health = health
         self._views: dict[tuple[str, str | None], tuple[BackendView, ...]] = {}
-        self.endpoint_load_tps: dict[str, float] = {}
+        self.endpoint_backlog_tokens: dict[str, float] = {}
         self.refresh(0.0)
 
     def set_policy(self, policy) -> None:
@@ -30,10 +34,11 @@ class LiveRouting:
     def refresh(self, now: float) -> None:
         """Recompute endpoint load and every model's candidate views."""
         volume = self.store.volume()
-        for name in self.endpoints:
-            w = volume.window(now, LOAD_WINDOW_S, backend=name)
-            tokens = endpoint_spec(self.config.backends[name]).capacity_tokens(w.prompt_tokens, w.completion_tokens)
-            self.endpoint_load_tps[name] = tokens / w.seconds
+        for name, status in self.endpoints.items():
+            spec = endpoint_spec(self.config.backends[name])
+            drain = (status.instances_in_service if status.serving else 0) * spec.max_tokens_per_second
+            self.endpoint_backlog_tokens[name] = backlog_from_buckets(
+                volume.loads(now, BACKLOG_HISTORY_S, spec.prompt_token_weight, backend=name), now, drain)
         views = {}
         for model in self.config.models.values():
             all_views = tuple(self._view(route) for route in model.routes)
@@ -55,7 +60,8 @@ class LiveRouting:
             context_window=cfg.context_window,
             instances_in_service=status.instances_in_service if status.serving else 0,
             capacity_tps=cfg.max_tokens_per_second,
-            load_tps=self.endpoint_load_tps.get(cfg.name, 0.0),
+            backlog_tokens=self.endpoint_backlog_tokens.get(cfg.name, 0.0),
+            queue_s=cfg.max_queue_s,
         )
 
     def candidates(self, model: str, pinned: str | None) -> tuple[BackendView, ...]:
@@ -66,3 +72,17 @@ class LiveRouting:
         if pinned is not None:
             return Decision(pinned, "pinned")
         return self.policy.route(RequestContext(model, prompt_tokens, max_tokens, views, now))
+
+
+def backlog_from_buckets(loads: dict[int, float], now: float, drain_tps: float) -> float:
+    """The endpoint's fluid backlog (``routing_policies.admission``) rebuilt from its per-bucket load.
+
+    Each bucket's capacity tokens enter at the bucket's start and drain at ``drain_tps``; the
+    replay applies the same rule request by request. Shared buckets make every replica see
+    the same backlog, its own requests included.
+    """
+    backlog = FluidBacklog()
+    for b in sorted(loads):
+        backlog.advance(b * BUCKET_S, drain_tps)
+        backlog.add(loads[b])
+    return backlog.advance(now, drain_tps)

@@ -27,6 +27,7 @@ def endpoint_spec(cfg) -> EndpointSpec:
         max_instances=cfg.max_instances,
         startup_s=cfg.startup_s,
         context_window=cfg.context_window,
+        queue_s=cfg.max_queue_s,
     )
 
 

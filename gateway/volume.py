@@ -6,13 +6,15 @@ as Redis keys, so every replica agrees on which bucket a second belongs to.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from routing_policies import VolumeWindow
+from routing_policies import LoadMoments, VolumeWindow
 
 BUCKET_S = 10
 HORIZON_S = 3600  # the longest window anyone reads
 WINDOWS_S = (60, 300, 3600)
+MOMENT_BUCKETS_S = (10, 60)  # bucket sizes of the load moments the capacity policy gets (multiples of BUCKET_S)
 
 Key = tuple[str, str]  # (backend, model)
 # Derived rows share the buckets under a model key that no client model has: they are
@@ -50,6 +52,28 @@ class VolumeBuckets:
         for b in [b for b in self.buckets if b < oldest]:
             del self.buckets[b]
 
+    def loads(self, now: float, seconds: float, weight: float, backend: str | None = None,
+              models: tuple[str, ...] | None = None) -> dict[int, float]:
+        """Capacity tokens (completion + ``weight`` × prompt) per bucket of the last ``seconds``.
+
+        ``models`` None: every client model's rows; else exactly these model keys.
+        """
+        current = bucket_of(now)
+        first = current - max(1, int(seconds // BUCKET_S)) + 1
+        out: dict[int, float] = {}
+        for b in range(first, current + 1):
+            rows = self.buckets.get(b)
+            if not rows:
+                continue
+            x = 0.0
+            for (kb, km), row in rows.items():
+                if (backend is None or kb == backend) and (km in models if models is not None
+                                                            else not km.startswith(DERIVED)):
+                    x += row[2] + weight * row[1]
+            if x:
+                out[b] = x
+        return out
+
     def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None) -> VolumeWindow:
         """Traffic of the last ``seconds`` (whole buckets, the current one included)."""
         current = bucket_of(now)
@@ -68,3 +92,23 @@ class VolumeBuckets:
         # the current bucket is partly elapsed: measure the window by what has elapsed
         span = (current - first) * BUCKET_S + (now - current * BUCKET_S)
         return VolumeWindow(seconds=max(span, 1.0), requests=r, prompt_tokens=p, completion_tokens=c)
+
+
+def load_moments(loads: dict[int, float], now: float, seconds: float) -> tuple[LoadMoments, ...]:
+    """``LoadMoments`` of per-bucket loads over the complete aligned buckets inside ``[now - seconds, now)``.
+
+    One per size in ``MOMENT_BUCKETS_S``; the replay's simulator computes the same from its trace.
+    """
+    out = []
+    for size in MOMENT_BUCKETS_S:
+        group = size // BUCKET_S
+        first = math.ceil((now - seconds) / size - 1e-9)
+        last = int(now // size)  # exclusive: the open one is not complete
+        sums: dict[int, float] = {}
+        for b, x in loads.items():
+            g = b // group
+            if first <= g < last:
+                sums[g] = sums.get(g, 0.0) + x
+        count = max(0, last - first)
+        out.append(LoadMoments(float(size), count, sum(sums.values()), sum(v * v for v in sums.values())))
+    return tuple(out)

@@ -11,6 +11,7 @@ from .base import (
     CapacityDecision,
     Decision,
     EndpointSpec,
+    LoadMoments,
     RequestContext,
     RoutingPolicy,
     TokenPrices,
@@ -22,6 +23,6 @@ from .base import (
 
 __all__ = [
     "API", "ENDPOINT", "BackendView", "CapacityContext", "CapacityDecision", "Decision",
-    "EndpointSpec", "RequestContext", "RoutingPolicy", "TokenPrices", "VolumeWindow",
+    "EndpointSpec", "LoadMoments", "RequestContext", "RoutingPolicy", "TokenPrices", "VolumeWindow",
     "build_policy", "policy_names", "register",
 ]

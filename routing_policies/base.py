@@ -38,8 +38,9 @@ class BackendView:
 
     ``kind`` is API or ENDPOINT. For an endpoint, ``instances_in_service`` is what
     is running (and paid for) now, ``capacity_tps`` is per instance in capacity
-    tokens/second (see ``EndpointSpec.capacity_tokens``), ``load_tps`` is the
-    capacity tokens/second it is serving now, measured over a short window.
+    tokens/second (see ``EndpointSpec.capacity_tokens``), ``backlog_tokens`` is the
+    work it holds now (capacity tokens admitted and not yet processed) and ``queue_s``
+    how many seconds of full throughput it may hold (see ``admission``).
     """
 
     name: str
@@ -49,7 +50,8 @@ class BackendView:
     context_window: int | None = None  # endpoint only (tokens)
     instances_in_service: int = 0
     capacity_tps: float = 0.0
-    load_tps: float = 0.0
+    backlog_tokens: float = 0.0
+    queue_s: float = 30.0
 
     @property
     def capacity_total_tps(self) -> float:
@@ -75,13 +77,41 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadMoments:
+    """How the endpoint load varies: capacity tokens per aligned ``bucket_s`` bucket.
+
+    Over the ``count`` complete buckets of a window: ``total`` = Σ load, ``squares`` = Σ load².
+    Gives the policy the traffic's own burstiness (variance ÷ mean) instead of an assumed one.
+    """
+
+    bucket_s: float
+    count: int
+    total: float
+    squares: float
+
+    @property
+    def dispersion(self) -> float | None:
+        """Variance ÷ mean of the per-bucket load (capacity tokens); None without data."""
+        if self.count < 2 or self.total <= 0:
+            return None
+        mean = self.total / self.count
+        var = max(0.0, (self.squares - self.count * mean * mean) / (self.count - 1))
+        return var / mean
+
+
+@dataclass(frozen=True, slots=True)
 class VolumeWindow:
-    """Traffic seen over the last ``seconds`` (all replicas together)."""
+    """Traffic seen over the last ``seconds`` (all replicas together).
+
+    ``moments`` (capacity-token load per bucket, a few bucket sizes) is filled on the
+    longest window only; see ``LoadMoments``.
+    """
 
     seconds: float
     requests: float
     prompt_tokens: float
     completion_tokens: float
+    moments: tuple[LoadMoments, ...] = ()
 
     def per_hour(self, value: float) -> float:
         return value * 3600.0 / self.seconds if self.seconds > 0 else 0.0
@@ -103,6 +133,7 @@ class EndpointSpec:
     max_instances: int = 1
     startup_s: float = 300.0  # provisioning delay, billed
     context_window: int | None = None
+    queue_s: float = 30.0  # seconds of full throughput the endpoint may hold as backlog (see admission)
 
     def capacity_tokens(self, prompt_tokens: float, completion_tokens: float) -> float:
         return completion_tokens + self.prompt_token_weight * prompt_tokens
@@ -114,7 +145,8 @@ class CapacityContext:
 
     ``windows`` are the traffic of the models this endpoint could serve, shortest
     window first; ``current_target`` and ``last_change_s`` are the previous
-    decision's, carried by the caller so that the policy stays stateless.
+    decision's, and ``memo`` the previous decision's ``memo``, carried by the caller so
+    that the policy stays a pure function (live and replay carry them the same way).
     """
 
     now_s: float
@@ -124,6 +156,7 @@ class CapacityContext:
     instances_in_service: int
     current_target: int
     last_change_s: float
+    memo: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +166,7 @@ class CapacityDecision:
     break_even_requests_per_hour: float | None = None  # None: the endpoint never pays off
     expected_requests_per_hour: float = 0.0
     details: Mapping[str, Any] = field(default_factory=dict)
+    memo: Mapping[str, float] = field(default_factory=dict)  # handed back in the next CapacityContext
 
 
 class RoutingPolicy(Protocol):

@@ -1,19 +1,34 @@
 """The break-even policy: run endpoint instances only while they cost less than the API.
 
 Per request: context fit first (prompt + requested max_tokens beyond the endpoint's
-context window → API), then the endpoint while it is in service and below capacity
-(an instance in service is already paid for), the API otherwise.
+context window → API), then the endpoint while it is in service and has room (an
+instance in service is already paid for), the API otherwise.
 
 Periodically (the caller's ``routing.capacity_interval_s``): the instance count that
-minimises expected spend (see ``capacity``), with two brakes against flapping:
+minimises expected spend at the forecast volume (see ``capacity``), with the traffic's
+burstiness measured from the traffic itself (``LoadMoments``), and two rules for changing it:
 
-* up: only when the expected saving over ``payback_s`` seconds exceeds what the new
-  instances cost while they start (``startup_s`` of billing that serves nothing);
-* down: only after ``min_dwell_s`` since the last change, and only if even the
-  recent volume inflated by ``1 / (1 − hysteresis)`` still favours fewer instances,
-  i.e. the volume stayed below the break-even threshold × (1 − hysteresis) over every
-  window from ``forecast_window_s`` to ``max(forecast_window_s, min_dwell_s)``, counting
-  each window's requests at the upper end of their noise (``noise_z``, ``peakedness``).
+* **up** by ski rental: the policy keeps an account, per larger count, of the API spend
+  that count would have saved tick by tick (time it would not have pays the account down,
+  never below zero), and starts instances once that account covers ``restart_weight`` ×
+  their start-up billing (``startup_s`` that serves nothing). A burst too short to repay
+  a start starts nothing; a real ramp starts them within minutes;
+* **down** by ski rental. Keeping an instance the forecast does not need costs
+  ``waste`` USD/hour (its price minus the API spend it still saves); releasing it and
+  needing it again costs a *restart*: ``startup_s`` of billing plus the API spend, at the
+  hour's volume, while it starts. The policy keeps an account per smaller count: what the
+  extra instances cost beyond what they saved, tick by tick (time it is needed pays the
+  account down, never below zero), and releases them once it reaches ``restart_weight`` ×
+  the restart cost. An instance that will be needed again soon is kept through the gap;
+  traffic that stays below break-even on balance, however bursty, releases it.
+
+Worst case (``restart_weight`` 1, the deterministic break-even rule of ski rental): over
+any idle gap, whatever its length, the policy spends at most twice what the best choice
+for that gap costs (keep throughout, or release at once and restart), up to one
+``capacity_interval_s`` of rounding: a gap shorter than the threshold costs the same as
+keeping; a longer one costs the threshold's waste (= one restart) plus the restart, where
+the best choice pays at least one restart. ``tests/routing_policies/test_break_even.py``
+drives an adversary against it.
 
 When even a fully used instance costs more than the API would charge for its traffic,
 the answer is ``min_instances`` with reason ``endpoint_never_pays_off`` and
@@ -23,7 +38,7 @@ Usage (config.yaml)::
 
     routing:
       policy: break_even
-      params: {hysteresis: 0.15, min_dwell_s: 900, forecast_window_s: 300}
+      params: {forecast_window_s: 300, restart_weight: 1.0}
 """
 from __future__ import annotations
 
@@ -35,9 +50,11 @@ from .base import (
 from .capacity import (
     TrafficMix,
     break_even_requests_per_hour,
-    cheapest_instances,
+    costs_by_instances,
     endpoint_ever_pays_off,
     endpoint_usd_per_capacity_token_at_full,
+    measured_dispersion,
+    poisson_dispersion,
 )
 from .rules import endpoint_first
 
@@ -49,50 +66,40 @@ class BreakEven:
     Parameters (all optional; the defaults are the ones replayed in docs/replay-results.md):
 
     forecast_window_s: 300 — the volume window (seconds) whose rate forecasts the next
-        minutes; the caller's window nearest to it is used. Shorter reacts to spikes
-        that end before an instance is up; longer lags the daily ramp.
-    hysteresis: 0.15 — scale down only when the volume is below the break-even threshold
-        by this fraction (0 ≤ h < 1).
-    min_dwell_s: 900 — seconds after a change before scaling down again.
-    payback_s: 1800 — seconds over which a scale-up must recover its start-up billing.
-    burst_window_s: 10 — seconds over which the router measures endpoint load (bursts
-        shorter than this are smoothed by the endpoint, longer ones overflow).
-    size_cv: 1.0 — coefficient of variation of request size (capacity tokens; the Azure
-        2023 traces have 0.7–1.0); larger means burstier load, so more instances for the
-        same mean volume.
-    peakedness: 1.5 — load variance over the Poisson variance (clumped arrivals, sliding
-        load window); see ``capacity``. 1 is pure Poisson.
-    noise_z: 2.0 — before scaling down, the measured request count N is raised to
-        N + noise_z × √(N × peakedness): a quiet five minutes is not yet a trend.
+        minutes; the caller's window nearest to it is used.
+    restart_weight: 1.0 — change the count once its account reaches this × what the change
+        risks (1: the 2-competitive ski-rental rule; larger waits longer both ways).
+    min_dwell_s: 300 — seconds after a change (or a process start) before scaling down.
+    size_cv: 1.0, peakedness: 1.0 — only used before the traffic's burstiness has been
+        measured: a compound Poisson load with this request-size spread.
     min_mix_requests: 20 — the prompt/completion mix comes from the longest window with
         at least this many requests (the longest window otherwise).
+    min_burst_requests: 200 — the load's burstiness is measured once the longest window holds
+        this many requests (Poisson is assumed before).
     """
 
     name: ClassVar[str] = "break_even"
 
-    def __init__(self, forecast_window_s: float = 300.0, hysteresis: float = 0.15,
-                 min_dwell_s: float = 900.0, payback_s: float = 1800.0, burst_window_s: float = 10.0,
-                 size_cv: float = 1.0, peakedness: float = 1.5, noise_z: float = 2.0,
-                 min_mix_requests: int = 20):
+    def __init__(self, forecast_window_s: float = 300.0, restart_weight: float = 1.0,
+                 min_dwell_s: float = 300.0, size_cv: float = 1.0,
+                 peakedness: float = 1.0, min_mix_requests: int = 20, min_burst_requests: int = 200):
         checks = {
-            "forecast_window_s": forecast_window_s > 0, "hysteresis": 0 <= hysteresis < 1,
-            "min_dwell_s": min_dwell_s >= 0, "payback_s": payback_s > 0,
-            "burst_window_s": burst_window_s > 0, "size_cv": size_cv >= 0, "peakedness": peakedness > 0,
-            "noise_z": noise_z >= 0,
-            "min_mix_requests": min_mix_requests >= 1,
+            "forecast_window_s": forecast_window_s > 0,
+            "restart_weight": restart_weight >= 0, "min_dwell_s": min_dwell_s >= 0,
+            "size_cv": size_cv >= 0,
+            "peakedness": peakedness > 0, "min_mix_requests": min_mix_requests >= 1,
+            "min_burst_requests": min_burst_requests >= 1,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(f"break_even: parameter {key} out of range: {locals()[key]!r}")
         self.forecast_window_s = float(forecast_window_s)
-        self.hysteresis = float(hysteresis)
+        self.restart_weight = float(restart_weight)
         self.min_dwell_s = float(min_dwell_s)
-        self.payback_s = float(payback_s)
-        self.burst_window_s = float(burst_window_s)
         self.size_cv = float(size_cv)
         self.peakedness = float(peakedness)
-        self.noise_z = float(noise_z)
         self.min_mix_requests = int(min_mix_requests)
+        self.min_burst_requests = int(min_burst_requests)
 
     # -- per request ---------------------------------------------------------------------
     def route(self, ctx: RequestContext) -> Decision:
@@ -106,6 +113,8 @@ class BreakEven:
         dwelt = ctx.now_s - ctx.last_change_s >= self.min_dwell_s
         windows = ctx.windows
         if not windows or all(w.requests <= 0 for w in windows):
+            # an hour without a single request: no mix to price a restart with, and any
+            # idle account would have passed its restart cost long ago
             if current > lo and not dwelt:
                 return CapacityDecision(current, "min_dwell")
             return CapacityDecision(lo, "no_traffic")
@@ -122,43 +131,54 @@ class BreakEven:
         if not endpoint_ever_pays_off(spec, mix):
             return CapacityDecision(lo, "endpoint_never_pays_off", None, rph, details)
 
+        longest = max(windows, key=lambda w: w.seconds)
+        # a handful of requests says little about burstiness (one clump of 30 in an hour of
+        # otherwise empty buckets reads as wildly bursty): below this many, assume Poisson
+        measured = measured_dispersion(longest.moments) if longest.requests >= self.min_burst_requests else None
+        dispersion = measured if measured is not None else poisson_dispersion(mix, self.size_cv, self.peakedness)
+        details["load_dispersion"] = dispersion
         cap_per_req = mix.capacity_tokens_per_request
-        best, costs = self._cheapest(spec, mix, rph * cap_per_req)
+        costs = costs_by_instances(spec, mix, rph * cap_per_req, dispersion)
+        best = lo + min(range(len(costs)), key=lambda i: (costs[i], i))
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
+
+        # Ski rental both ways, one account per other count k: what staying at the current
+        # count has cost beyond k, tick by tick, at the forecast volume (never below zero;
+        # time the current count is the better one pays the account down). Moving to k pays
+        # once the account covers what the move risks: a start-up's billing going up; going
+        # down, a restart (start-up billing plus the API spend while it starts, at the hour's volume).
+        hour = longest.per_hour(longest.requests)
+        again = costs_by_instances(spec, mix, max(rph, hour) * cap_per_req, dispersion)
+        dt = max(0.0, ctx.now_s - ctx.memo.get("at", ctx.now_s))
+        memo: dict[str, float] = {"at": ctx.now_s}
+        here = costs[current - lo]
+        up = down = current
+        for k in range(lo, hi + 1):
+            if k == current:
+                continue
+            account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (here - costs[k - lo]) / 3600.0)  # USD
+            memo[str(k)] = account
+            if k > current:
+                risk = (k - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
+                if account > 0 and account >= self.restart_weight * risk and k <= best:
+                    up = k  # the largest qualifying count up to the cheapest
+            else:
+                risk = ((current - k) * spec.hourly_price_usd
+                        + max(0.0, again[k - lo] - again[current - lo])) * spec.startup_s / 3600.0  # USD
+                if down == current and account > 0 and account >= self.restart_weight * risk:
+                    down = k  # the smallest qualifying count
+        details["accounts_usd"] = {k: v for k, v in memo.items() if k != "at"}
+        if up > current:
+            return CapacityDecision(up, "volume_above_break_even", be, rph, details, _moved(memo, up, +1))
+        if down < current and dwelt:
+            return CapacityDecision(down, "idle_cost_above_restart_cost", be, rph, details, _moved(memo, down, -1))
         if best > current:
-            saving = costs[current - lo] - costs[best - lo]  # USD/hour
-            startup = (best - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
-            if saving * self.payback_s / 3600.0 > startup:
-                return CapacityDecision(best, "volume_above_break_even", be, rph, details)
-            return CapacityDecision(current, "startup_not_paid_back", be, rph, details)
-        if best < current:
-            if not dwelt:
-                return CapacityDecision(current, "min_dwell", be, rph, details)
-            recent = self._upper_rate(windows, fore)
-            down, _ = self._cheapest(spec, mix, recent * cap_per_req / (1.0 - self.hysteresis))
-            if down < current:
-                return CapacityDecision(down, "volume_below_break_even", be, rph, details)
-            return CapacityDecision(current, "hysteresis", be, rph, details)
-        return CapacityDecision(current, "at_cheapest", be, rph, details)
+            return CapacityDecision(current, "startup_not_paid_back", be, rph, details, memo)
+        if best == current:
+            return CapacityDecision(current, "at_cheapest", be, rph, details, memo)
+        return CapacityDecision(current, "keep_for_restart" if dwelt else "min_dwell", be, rph, details, memo)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _upper_rate(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow) -> float:
-        """Requests/hour that the recent volume is confidently below (Poisson upper bound).
-
-        Windows from the forecast window up to ``max(forecast_window_s, min_dwell_s)``: the
-        volume has to have stayed low, and a count of N requests is only known to
-        ±√(N × peakedness) (√N for Poisson arrivals; clumped arrivals are noisier).
-        """
-        horizon = max(self.forecast_window_s, self.min_dwell_s)
-        rates = [
-            w.per_hour(w.requests + self.noise_z * (w.requests * self.peakedness) ** 0.5)
-            for w in windows if w is fore or fore.seconds <= w.seconds <= horizon
-        ]
-        return max(rates)
-
-    def _cheapest(self, spec, mix, volume_per_hour):
-        return cheapest_instances(spec, mix, volume_per_hour, self.burst_window_s, self.size_cv, self.peakedness)
-
     def _mix(self, windows: tuple[VolumeWindow, ...], ctx: CapacityContext) -> TrafficMix:
         chosen = max(windows, key=lambda w: w.seconds)
         for w in sorted(windows, key=lambda w: -w.seconds):
@@ -173,3 +193,17 @@ class BreakEven:
     @staticmethod
     def _nearest(windows: tuple[VolumeWindow, ...], seconds: float) -> VolumeWindow:
         return min(windows, key=lambda w: (abs(w.seconds - seconds), w.seconds))
+
+
+def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
+    """The accounts after moving to ``to``: those further the same way keep what they hold beyond it.
+
+    An account is a sum of cost differences, and (current − k) = (current − to) + (to − k):
+    a ramp that already earned the first step keeps its claim on the next one.
+    """
+    base = memo.get(str(to), 0.0)
+    out = {"at": memo["at"]}
+    for key, value in memo.items():
+        if key != "at" and (int(key) - to) * direction > 0:
+            out[key] = max(0.0, value - base)
+    return out

@@ -1,6 +1,7 @@
 """Small per-request rules that several policies share (pure functions)."""
 from __future__ import annotations
 
+from .admission import has_room
 from .base import API, ENDPOINT, BackendView, Decision, RequestContext
 
 
@@ -16,10 +17,10 @@ def in_service(view: BackendView) -> bool:
 
 
 def has_headroom(view: BackendView) -> bool:
-    """Below capacity right now (an endpoint past it only queues and times out)."""
+    """Backlog below what it finishes in ``queue_s`` (past that it only queues and times out)."""
     if view.kind != ENDPOINT:
         return True
-    return view.load_tps < view.capacity_total_tps
+    return has_room(view.backlog_tokens, view.instances_in_service, view.capacity_tps, view.queue_s)
 
 
 def first_usable(ctx: RequestContext, kind: str | None = None) -> BackendView | None:

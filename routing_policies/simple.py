@@ -55,3 +55,26 @@ class AlwaysSelfhosted:
 
     def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision:
         return CapacityDecision(max(1, ctx.endpoint.max_instances), "always_selfhosted")
+
+
+@register
+class FixedInstances:
+    """``instances`` always on (clamped to the endpoint's bounds), overflow and misfits to the API.
+
+    The static schedule an operator would try first; replay reports it for every count as
+    ``fixed_<k>``, and the best of those and ``always_api`` is the best static policy.
+    """
+
+    name: ClassVar[str] = "fixed"
+
+    def __init__(self, instances: int = 1):
+        if int(instances) != instances or instances < 0:
+            raise ValueError(f"fixed: parameter instances out of range: {instances!r}")
+        self.instances = int(instances)
+
+    def route(self, ctx: RequestContext) -> Decision:
+        return endpoint_first(ctx)
+
+    def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision:
+        spec = ctx.endpoint
+        return CapacityDecision(min(max(self.instances, spec.min_instances), spec.max_instances), "fixed")

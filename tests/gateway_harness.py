@@ -67,6 +67,9 @@ def standin_config(openai, sagemaker=None, **sections) -> dict:
             "endpoint_url": sagemaker.base_url, "instance_type": "ml.g5.xlarge", "assumed_instances": 1,
             "hourly_price_usd": "1.408", "max_tokens_per_second": 300, "context_window": 8192,
             "poll_interval_s": 0,  # no control plane here; tests/gateway/test_control_wiring.py has moto
+            # a stand-in starts at once: a start-up's billing (what break_even's ski-rental account
+            # must cover before it scales up) is then repaid within a test's few seconds of traffic
+            "startup_s": 5,
         }
         routes.append({"backend": "sagemaker", "model": "gpt-4o-mini"})
     cfg = {

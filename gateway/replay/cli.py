@@ -27,7 +27,7 @@ from routing_policies import build_policy, policy_names
 from .optimum import hindsight_optimum
 from .report import TextProgress, render_json, render_text, summarize
 from .simulator import default_horizon, setup_from_config, simulate
-from .synth import read_hourly, synthesize
+from .synth import read_hourly, synthesize, synthesize_from_arrivals
 from .trace import TraceError, read_trace, write_trace
 
 
@@ -75,9 +75,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="try these values of a policy parameter (repeatable: a grid) and name the best")
     parser.add_argument("--optimum-interval", type=float, default=60.0, metavar="SECONDS",
                         help="interval of the hindsight optimum's instance schedule (default 60)")
-    parser.add_argument("--load-window", type=float, default=10.0, metavar="SECONDS",
-                        help="window over which endpoint load is measured and capacity enforced (default 10; "
-                             "break_even's burst_window_s should match)")
     parser.add_argument("--window-traffic", choices=("fitting", "all"), default="fitting",
                         help="capacity windows count requests that fit the endpoint's context (default) or all")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -89,7 +86,13 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--hourly", required=True, help="CSV with model,hour,requests (e.g. servegen_hourly.csv)")
     parser.add_argument("--shape-model", help="which model's hourly volume to follow (default: the file's first)")
-    parser.add_argument("--tokens-from", required=True, help="real per-request trace to sample token pairs from")
+    parser.add_argument("--tokens-from", help="real per-request trace to sample token pairs from "
+                        "(default: the --arrivals-from trace's own tokens)")
+    parser.add_argument("--arrivals-from", metavar="TRACE",
+                        help="fill each hour with this real one-hour trace's own arrival times (thinned or "
+                             "replicated to the hour's count) instead of drawing Poisson arrivals")
+    parser.add_argument("--rotate", action="store_true",
+                        help="with --arrivals-from: shift each hour's arrival pattern by a random offset")
     parser.add_argument("--start-hour", type=int, default=0, help="first hour of the shape to use (default 0)")
     span = parser.add_mutually_exclusive_group()
     span.add_argument("--days", type=float, help="length in days (default: the whole shape)")
@@ -97,6 +100,7 @@ def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--scale", type=float, help="multiply the hourly volumes by this")
     size.add_argument("--peak-per-hour", type=float, help="scale so the busiest hour expects this many requests")
+    size.add_argument("--mean-per-hour", type=float, help="scale so the hours average this many requests")
     parser.add_argument("--burst-mean", type=float, default=1.0, metavar="N",
                         help="requests per arrival clump, on average (default 1: plain Poisson arrivals)")
     parser.add_argument("--burst-spread", type=float, default=1.0, metavar="SECONDS",
@@ -114,8 +118,7 @@ def replay_main(argv: list[str]) -> int:
 
     try:
         cfg = load_config(args.config)
-        setup = setup_from_config(cfg, args.model, load_window_s=args.load_window,
-                                  window_traffic=args.window_traffic)
+        setup = setup_from_config(cfg, args.model, window_traffic=args.window_traffic)
         trace = read_trace(args.trace)
     except (ConfigError, TraceError, ValueError) as e:
         print(f"gateway replay: {e}", file=sys.stderr)
@@ -135,6 +138,12 @@ def replay_main(argv: list[str]) -> int:
             runs.append((name, {**base, **dict(zip(sweep, combo))}))
     else:
         for name in args.policy or policy_names():
+            if name == "fixed" and "instances" not in overrides:
+                # every count an operator could pin: fixed_1 ... fixed_<max_instances>
+                spec = setup.endpoint
+                for k in range(max(1, spec.min_instances), max(spec.min_instances, spec.max_instances) + 1):
+                    runs.append((name, {**_params_for(name, cfg, overrides), "instances": k}))
+                continue
             runs.append((name, _params_for(name, cfg, overrides)))
 
     horizon = default_horizon(trace, args.optimum_interval)
@@ -147,8 +156,11 @@ def replay_main(argv: list[str]) -> int:
             print(f"gateway replay: policy {name} with {params}: {e}", file=sys.stderr)
             return 2
         bar = TextProgress(f"{name:>17}", sys.stderr) if show else None
-        results.append(simulate(trace, policy, setup, horizon_s=horizon, params=params,
-                                progress=bar.update if bar else None))
+        result = simulate(trace, policy, setup, horizon_s=horizon, params=params,
+                          progress=bar.update if bar else None)
+        if name == "fixed":
+            result.policy, result.params = f"fixed_{policy.instances}", {}
+        results.append(result)
         if bar:
             bar.close()
     optimum = hindsight_optimum(trace, setup, args.optimum_interval, horizon)
@@ -164,21 +176,34 @@ def make_trace_main(argv: list[str]) -> int:
         description="Build a multi-day per-request trace: an hourly volume shape, scaled, with token "
                     "pairs sampled from a real trace. Deterministic for a given --seed.",
     )).parse_args(argv)
+    if args.tokens_from is None and args.arrivals_from is None:
+        print("gateway make-trace: give --tokens-from, --arrivals-from or both", file=sys.stderr)
+        return 2
     try:
         hourly = read_hourly(args.hourly, args.shape_model)
-        pairs = read_trace(args.tokens_from).pairs()
+        pairs = read_trace(args.tokens_from).pairs() if args.tokens_from else None
+        arrivals = read_trace(args.arrivals_from) if args.arrivals_from else None
     except TraceError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2
     hours = args.hours if args.hours is not None else (
         round(args.days * 24) if args.days is not None else len(hourly) - args.start_hour)
     shape = hourly[args.start_hour:args.start_hour + hours]
-    if not shape or not pairs:
-        print("gateway make-trace: nothing to build (empty hour range or token trace)", file=sys.stderr)
+    if not shape or (pairs is not None and not pairs) or (arrivals is not None and not len(arrivals)):
+        print("gateway make-trace: nothing to build (empty hour range or trace)", file=sys.stderr)
         return 2
     try:
-        trace = synthesize(shape, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour, seed=args.seed,
-                           burst_mean=args.burst_mean, burst_spread_s=args.burst_spread, name=args.out)
+        if arrivals is not None:
+            trace = synthesize_from_arrivals(shape, arrivals, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour,
+                                             mean_per_hour=args.mean_per_hour, seed=args.seed, rotate=args.rotate,
+                                             name=args.out)
+        elif args.mean_per_hour is not None:
+            trace = synthesize(shape, pairs, scale=args.mean_per_hour * len(shape) / max(sum(shape), 1e-12),
+                               seed=args.seed, burst_mean=args.burst_mean, burst_spread_s=args.burst_spread,
+                               name=args.out)
+        else:
+            trace = synthesize(shape, pairs, scale=args.scale, peak_per_hour=args.peak_per_hour, seed=args.seed,
+                               burst_mean=args.burst_mean, burst_spread_s=args.burst_spread, name=args.out)
     except ValueError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2

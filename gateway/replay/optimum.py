@@ -13,11 +13,13 @@ The model (the simulator's, so that a policy's ratio to it is fair):
   instance is free and immediate.
 * Requests whose prompt + completion exceed the endpoint's context window pay the API.
   The others are offered to the endpoint in arrival order with the simulator's admission
-  rule (load over the last ``load_window_s`` plus the request must fit
-  ``n × max_tokens_per_second × load_window_s``); what it refuses pays the API. The
+  rule (``routing_policies.admission``: taken while the fluid backlog is below
+  ``n × max_tokens_per_second × queue_s``); what it refuses pays the API. The
   refused cost of an interval under ``n`` instances is measured by running that rule
   with ``n`` instances over the whole trace, so the load carried across an interval
-  boundary where the schedule changes is approximated by the constant-``n`` run's.
+  boundary where the schedule changes is approximated by the constant-``n`` run's
+  (the backlog drains within ``queue_s``, so that error is confined to the first
+  ``queue_s`` of such an interval).
 
 Dynamic programming over (interval, instances): ``O(intervals × counts²)``, plus one
 admission pass over the trace per count.
@@ -33,7 +35,8 @@ import math
 from array import array
 from dataclasses import dataclass, field
 
-from .admission import SlidingLoad
+from routing_policies.admission import FluidBacklog, has_room
+
 from .simulator import ReplaySetup, default_horizon
 from .trace import Trace
 
@@ -74,21 +77,17 @@ def refused_api_costs(trace: Trace, setup: ReplaySetup, interval_s: float, horiz
     refused = {}
     for n in range(lo, hi + 1):
         refused[n] = _refused_with(n, times, caps, costs, slots, k_count, spec.max_tokens_per_second,
-                                   setup.load_window_s)
+                                   spec.queue_s)
     return misfit, refused
 
 
-def _refused_with(n, times, caps, costs, slots, k_count, tps, load_w) -> array:
+def _refused_with(n, times, caps, costs, slots, k_count, tps, queue_s) -> array:
     out = array("d", bytes(8 * k_count))
-    budget = n * tps * load_w
-    if budget <= 0:
-        for cost, k in zip(costs, slots):
-            out[k] += cost
-        return out
-    window = SlidingLoad(load_w)
+    backlog, drain = FluidBacklog(), n * tps
     for t, cap, cost, k in zip(times, caps, costs, slots):
-        window.advance(t)
-        if not window.admit(t, cap, budget):  # the simulator's rule
+        if has_room(backlog.advance(t, drain), n, tps, queue_s):  # the simulator's rule
+            backlog.add(cap)
+        else:
             out[k] += cost
     return out
 

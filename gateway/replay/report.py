@@ -38,7 +38,7 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
                                  max(trace.span_s, 1.0), spec, setup.api_prices)
     be = break_even_requests_per_hour(spec, mix)
     per_req = mix.capacity_tokens_per_request
-    peaked = load_peakedness(trace, spec, setup.load_window_s)
+    peaked = load_peakedness(trace, spec, 10.0)
     return {
         "api_usd_per_request": round(mix.api_usd_per_request, 9),
         "capacity_tokens_per_request": round(per_req, 2),
@@ -49,9 +49,6 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
         "instance_capacity_requests_per_hour": round(instance_capacity_per_hour(spec) / per_req, 1) if per_req else None,
         "context_too_long_requests": len(trace) - len(fits),
         "load_peakedness": None if peaked is None else round(peaked, 2),
-        # break_even's default (1.5) suits near-Poisson arrivals (measured 1-2); for burstier
-        # traffic about twice the measured value replayed best (docs/replay-results.md)
-        "suggested_peakedness": None if peaked is None else (1.5 if peaked < 2.0 else float(round(2 * peaked))),
     }
 
 
@@ -124,17 +121,24 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
                 "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6)},
         "endpoint": {"backend": setup.endpoint_name, **asdict(spec)},
         "capacity_interval_s": setup.capacity_interval_s,
-        "load_window_s": setup.load_window_s,
         "window_traffic": setup.window_traffic,
         "economics": economics(trace, setup),
         "results": [_result(r, optimum) for r in results],
         "optimum": opt,
         "elapsed_s": round(elapsed_s, 2),
     }
+    static = [r for r in results if r.policy == "always_api" or r.policy.startswith("fixed_")]
+    if static:
+        best_static = min(static, key=lambda r: r.spend_usd)
+        out["best_static"] = {"policy": best_static.policy, "spend_usd": _usd(best_static.spend_usd),
+                              "ties": [r.policy for r in static if _usd(r.spend_usd) == _usd(best_static.spend_usd)]}
     if sweep and results:
-        best = min(results, key=lambda r: r.spend_usd)
-        out["best"] = {"policy": best.policy, "params": best.params, "spend_usd": _usd(best.spend_usd),
-                       "ratio_to_optimum": _result(best, optimum)["ratio_to_optimum"]}
+        low = min(_usd(r.spend_usd) for r in results)
+        tied = [r for r in results if _usd(r.spend_usd) == low]
+        best = tied[0]
+        out["best"] = {"policy": best.policy, "params": best.params, "spend_usd": low,
+                       "ratio_to_optimum": _result(best, optimum)["ratio_to_optimum"],
+                       "tie": len(tied) > 1, "tied_params": [r.params for r in tied]}
     out["recommendation"] = recommend(out)
     return out
 
@@ -169,19 +173,21 @@ def recommend(summary: dict) -> str:
         if "break_even" in by_name and best["policy"] != "break_even":
             be = by_name["break_even"]
             lines.append(f"break_even spent ${be['spend_usd']:,.2f} ({be['ratio_to_optimum']}x the optimum).")
-    peaked = eco.get("load_peakedness")
-    if eco["endpoint_ever_pays_off"] and peaked is not None and peaked > 2.0:
-        s = eco["suggested_peakedness"]
-        lines.append(
-            f"This traffic is bursty: its {summary['load_window_s']:g}-s load varies {peaked:.1f}x as much as "
-            f"Poisson arrivals would, and break_even's default (peakedness 1.5) assumes near-Poisson traffic. "
-            f"Pick routing.params.peakedness with --sweep peakedness=1.5,{s / 2:g},{s:g} on a trace of this traffic."
-        )
     return " ".join(lines)
 
 
 def render_json(summary: dict) -> str:
     return json.dumps(summary, indent=2, sort_keys=False)
+
+
+COLUMNS = (
+    "columns: spend $ = API $ + endpoint $ (USD over the trace); x optimum = spend ÷ the hindsight optimum "
+    "(the least any instance schedule could spend under the same model: a lower bound);",
+    "  API req / endpoint req = where the requests went; refused = requests the policy sent to the API because "
+    "the endpoint's backlog was full (endpoint_at_capacity);",
+    "  instance-h = instance-hours billed (starting ones included); starts = instances started; "
+    "fixed_k = k instances always on, overflow to the API; always_api = no endpoint at all.",
+)
 
 
 def render_text(summary: dict) -> str:
@@ -219,7 +225,15 @@ def render_text(summary: dict) -> str:
             out.append("  ".join("-" * w for w in widths))
     if "best" in summary:
         b = summary["best"]
-        out += ["", f"best: {b['policy']} {b['params']} at ${b['spend_usd']:,.2f} ({b['ratio_to_optimum']}x optimum)"]
+        if b["tie"]:
+            out += ["", f"tie: {len(b['tied_params'])} settings spend the same ${b['spend_usd']:,.2f} "
+                        f"({b['ratio_to_optimum']}x optimum): " + "; ".join(str(p) for p in b["tied_params"])]
+        else:
+            out += ["", f"best: {b['policy']} {b['params']} at ${b['spend_usd']:,.2f} ({b['ratio_to_optimum']}x optimum)"]
+    if "best_static" in summary:
+        bs = summary["best_static"]
+        out += ["", f"best static policy: {' = '.join(bs['ties'])} at ${bs['spend_usd']:,.2f}"]
+    out += ["", *COLUMNS]
     out += ["", "recommendation: " + summary["recommendation"], f"(replayed in {summary['elapsed_s']:.1f} s)"]
     return "\n".join(out)
 

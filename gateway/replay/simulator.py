@@ -18,10 +18,15 @@ The simulated world, and why it matches the live gateway:
 * Every request gets the same ``RequestContext`` (candidates in the model's configured
   order). ``max_tokens`` is the request's completion tokens: the trace does not say what
   the client asked for, and the completion is the least it must have allowed.
-* Endpoint load is capacity tokens admitted over the last ``load_window_s`` seconds. The
-  endpoint takes a request only if that load plus the request stays within
-  ``instances × max_tokens_per_second × load_window_s``; otherwise it goes to the API and
-  counts as refused. ``gateway.replay.optimum`` uses this exact admission rule.
+* The endpoint is a fluid continuous-batching server (``routing_policies.admission``): the
+  capacity tokens it admitted and has not processed yet drain at ``instances ×
+  max_tokens_per_second``; the policy sees that backlog in the request's ``BackendView``
+  and the endpoint takes a request while the backlog is below ``instances ×
+  max_tokens_per_second × queue_s`` (``endpoint_at_capacity`` otherwise: counted as
+  refused). ``gateway.replay.optimum`` and the live router use this same rule.
+* The capacity windows' longest one carries ``LoadMoments`` (capacity-token load per
+  complete aligned 10-s and 60-s bucket of the last hour), as the live planner builds them
+  from its volume buckets.
 * Billing: every provisioned instance (starting or in service) per second at
   ``hourly_price_usd / 3600``, from 0 to ``horizon_s``. API requests pay the
   configured per-token prices (no cached-input discount: traces carry no cache data).
@@ -48,7 +53,10 @@ from routing_policies import (
     TokenPrices, VolumeWindow,
 )
 
-from .admission import SlidingLoad
+from routing_policies.admission import FluidBacklog
+from routing_policies.base import LoadMoments
+
+from ..volume import MOMENT_BUCKETS_S
 from .trace import Trace
 
 Progress = Callable[[int, int], None]  # (requests done, total)
@@ -66,7 +74,6 @@ class ReplaySetup:
     api_first: bool = True  # candidates' configured order
     capacity_interval_s: float = 5.0
     windows_s: tuple[float, ...] = (60.0, 300.0, 3600.0)
-    load_window_s: float = 10.0
     initial_instances: int | None = None  # None: endpoint.min_instances, in service at t=0
     window_traffic: str = "fitting"  # or "all": what the capacity windows count (see module docstring)
 
@@ -98,6 +105,7 @@ def setup_from_config(cfg, model: str | None = None, **knobs) -> ReplaySetup:
             hourly_price_usd=float(eb.hourly_price_usd), max_tokens_per_second=eb.max_tokens_per_second,
             prompt_token_weight=eb.prompt_token_weight, min_instances=eb.min_instances,
             max_instances=eb.max_instances, startup_s=eb.startup_s, context_window=eb.context_window,
+            queue_s=eb.max_queue_s,
         )
         api_first = m.routes.index(api) < m.routes.index(ep)
         return ReplaySetup(m.name, ab.name, eb.name, prices, spec, api_first,
@@ -128,7 +136,7 @@ class ReplayResult:
     api_completion_tokens: int = 0
     endpoint_prompt_tokens: int = 0
     endpoint_completion_tokens: int = 0
-    endpoint_refused: int = 0  # requests the endpoint could not take (full), sent to the API
+    endpoint_refused: int = 0  # requests the policy sent to the API because the endpoint was full
     instance_hours: float = 0.0
     instances_started: int = 0
     horizon_s: float = 0.0
@@ -138,12 +146,36 @@ class ReplayResult:
     elapsed_s: float = 0.0
 
 
-def _windows(arr, cum_p, cum_c, now: float, windows_s) -> tuple[VolumeWindow, ...]:
+class _BucketLoads:
+    """Capacity-token load per aligned ``bucket_s`` bucket, with prefix sums for ``LoadMoments``."""
+
+    def __init__(self, times, loads, bucket_s: float, horizon_s: float):
+        self.bucket_s = bucket_s
+        per = [0.0] * (int(horizon_s // bucket_s) + 2)
+        for t, x in zip(times, loads):
+            per[int(t // bucket_s)] += x
+        self.cum = [0.0, *accumulate(per)]
+        self.cum_sq = [0.0, *accumulate(x * x for x in per)]
+
+    def moments(self, now: float, seconds: float) -> LoadMoments:
+        """The complete buckets inside ``[now - seconds, now)`` (none before the trace start)."""
+        b = self.bucket_s
+        first = max(0, math.ceil((now - seconds) / b - 1e-9))
+        last = min(len(self.cum) - 1, int(now // b))  # exclusive: the open bucket is not complete
+        if last <= first:
+            return LoadMoments(b, 0, 0.0, 0.0)
+        return LoadMoments(b, last - first, self.cum[last] - self.cum[first], self.cum_sq[last] - self.cum_sq[first])
+
+
+def _windows(arr, cum_p, cum_c, now: float, windows_s, loads: tuple[_BucketLoads, ...]) -> tuple[VolumeWindow, ...]:
     hi = bisect_left(arr, now)
     out = []
+    longest = windows_s[-1]
     for s in windows_s:
         lo = bisect_left(arr, now - s, 0, hi)
-        out.append(VolumeWindow(s, float(hi - lo), float(cum_p[hi] - cum_p[lo]), float(cum_c[hi] - cum_c[lo])))
+        moments = tuple(b.moments(now, s) for b in loads) if s == longest else ()
+        out.append(VolumeWindow(s, float(hi - lo), float(cum_p[hi] - cum_p[lo]), float(cum_c[hi] - cum_c[lo]),
+                                moments))
     return tuple(out)
 
 
@@ -168,12 +200,13 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     cum_p = [0, *accumulate(fit_p)]  # prefix sums of the requests the endpoint could serve
     cum_c = [0, *accumulate(fit_c)]
     windows_s = tuple(sorted(setup.windows_s))
+    fit_load = [c + spec.prompt_token_weight * p for p, c in zip(fit_p, fit_c)]
+    loads = tuple(_BucketLoads(fit_t, fit_load, b, horizon) for b in MOMENT_BUCKETS_S)
     res = ReplayResult(policy.name, dict(params or {}), requests=n, horizon_s=horizon)
 
     api_view = BackendView(setup.api_name, API, True, prices)
     ep_name, model = setup.endpoint_name, setup.model
-    ctx_window, tps, weight = spec.context_window, spec.max_tokens_per_second, spec.prompt_token_weight
-    load_w = setup.load_window_s
+    ctx_window, tps, weight, queue_s = spec.context_window, spec.max_tokens_per_second, spec.prompt_token_weight, spec.queue_s
     route, plan = policy.route, policy.plan_capacity
     interval, startup = setup.capacity_interval_s, spec.startup_s
     lo_inst, hi_inst = spec.min_instances, max(spec.min_instances, spec.max_instances)
@@ -185,7 +218,8 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     inst_seconds = 0.0
     last_bill = 0.0
     started = 0
-    window = SlidingLoad(load_w)
+    backlog = FluidBacklog()
+    memo: dict = {}
     exp_completion = 0.0
     next_tick = 0.0
     reasons: dict[str, int] = {}
@@ -196,17 +230,19 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
 
     def tick(now: float) -> None:
         nonlocal inst_seconds, last_bill, serving, provisioned, target, last_change, started
-        nonlocal exp_completion, last_decision
+        nonlocal exp_completion, last_decision, memo
         inst_seconds += provisioned * (now - last_bill)
         last_bill = now
+        backlog.advance(now, serving * tps)
         while pending and pending[0] <= now:
             pending.popleft()
             serving += 1
-        wins = _windows(fit_t, cum_p, cum_c, now, windows_s)
+        wins = _windows(fit_t, cum_p, cum_c, now, windows_s, loads)
         mid = wins[len(wins) // 2]
         if mid.requests > 0:
             exp_completion = mid.completion_tokens / mid.requests
-        d = plan(CapacityContext(now, spec, prices, wins, serving, target, last_change))
+        d = plan(CapacityContext(now, spec, prices, wins, serving, target, last_change, memo))
+        memo = d.memo
         last_decision = d
         cap_reasons[d.reason] = cap_reasons.get(d.reason, 0) + 1
         new = min(max(d.instances, lo_inst), hi_inst)
@@ -237,22 +273,20 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
                 next_tick += interval
             if pending and pending[0] <= t:
                 while pending and pending[0] <= t:
+                    backlog.advance(pending[0], serving * tps)
                     pending.popleft()
                     serving += 1
-            window.advance(t)
+            held = backlog.advance(t, serving * tps)
             p, c = pr[i], co[i]
-            ep_view = BackendView(ep_name, ENDPOINT, True, None, ctx_window, serving, tps, window.load / load_w)
+            ep_view = BackendView(ep_name, ENDPOINT, True, None, ctx_window, serving, tps, held, queue_s)
             cands = (api_view, ep_view) if setup.api_first else (ep_view, api_view)
             d = route(RequestContext(model, p, c, cands, t, exp_completion))
             reason = d.reason
             if d.backend == ep_name:
-                if window.admit(t, c + weight * p, serving * tps * load_w):
-                    ep_req += 1
-                    ep_p += p
-                    ep_c += c
-                else:
-                    reason = "endpoint_refused"
-                    refused += 1
+                backlog.add(c + weight * p)
+                ep_req += 1
+                ep_p += p
+                ep_c += c
             elif reason == "endpoint_at_capacity":
                 refused += 1
             reasons[reason] = reasons.get(reason, 0) + 1

@@ -14,6 +14,12 @@ code hour has 73 % empty seconds and 67 requests in its busiest second). With
 each holds a geometric number of requests (mean ``burst_mean``) spread uniformly over
 ``burst_spread_s`` seconds; the volume per hour is unchanged.
 
+``synthesize_from_arrivals`` keeps real burstiness instead: every hour of the shape takes
+the arrival times of a real one-hour trace (the Azure code hour: 73 % empty seconds, gaps of
+minutes), thinned at random to the hour's count, or replicated whole (with a random rest)
+when the hour needs more. Token pairs come either with those arrivals (the real trace's own)
+or sampled from another trace.
+
 Deterministic: the same inputs and seed give the same trace (and the same file bytes).
 
 Usage::
@@ -135,6 +141,53 @@ def _clumped(hourly, pairs, scale, seed, slice_s, burst_mean, spread_s, name) ->
                         rows.append((round(at, 6), *pairs[pick(n_pairs)]))
                 t += expo(lam)
         start = stop
+    rows.sort()
+    return Trace(array("d", (r[0] for r in rows)), array("q", (r[1] for r in rows)),
+                 array("q", (r[2] for r in rows)), name)
+
+
+def synthesize_from_arrivals(hourly: list[float], arrivals: Trace, pairs: list[tuple[int, int]] | None = None, *,
+                             scale: float | None = None, peak_per_hour: float | None = None,
+                             mean_per_hour: float | None = None, seed: int = 0, rotate: bool = False,
+                             name: str = "<synthetic>") -> Trace:
+    """Each hour of ``hourly`` filled with ``arrivals``' own arrival times (offsets within its first hour).
+
+    Give exactly one of ``scale``, ``peak_per_hour`` or ``mean_per_hour``. An hour that expects
+    N requests keeps a random N of the real hour's M arrivals (N <= M), or N // M copies of all
+    of them plus a random rest, so clumps and gaps stay where the real trace has them. The
+    hour's count is the expectation rounded at random (no systematic bias). ``pairs=None``
+    keeps each arrival's own tokens; otherwise pairs are drawn from ``pairs``. ``rotate``
+    shifts each hour's pattern by a random offset (circularly), so hours do not repeat it.
+    """
+    if sum(x is not None for x in (scale, peak_per_hour, mean_per_hour)) != 1:
+        raise ValueError("give exactly one of scale, peak_per_hour or mean_per_hour")
+    base = arrivals.arrival_s[0] if len(arrivals) else 0.0
+    hour = [(t - base, p, c) for t, p, c in zip(arrivals.arrival_s, arrivals.prompt_tokens, arrivals.completion_tokens)
+            if t - base < 3600.0]
+    if not hourly or not hour or (pairs is not None and not pairs):
+        raise ValueError("need a non-empty hourly shape, arrival trace and token sample")
+    total = sum(hourly)
+    if peak_per_hour is not None or mean_per_hour is not None:
+        ref = max(hourly) if peak_per_hour is not None else total / len(hourly)
+        if ref <= 0:
+            raise ValueError("the hourly shape has no traffic")
+        scale = (peak_per_hour if peak_per_hour is not None else mean_per_hour) / ref
+    if scale < 0:
+        raise ValueError("need scale >= 0")
+    rng = random.Random(seed)
+    m = len(hour)
+    rows = []
+    for h, volume in enumerate(hourly):
+        expected = volume * scale
+        count = int(expected) + (1 if rng.random() < expected - int(expected) else 0)
+        copies, rest = divmod(count, m)
+        chosen = [i for _ in range(copies) for i in range(m)] + rng.sample(range(m), rest)
+        shift = rng.random() * 3600.0 if rotate else 0.0
+        for i in chosen:
+            t, p, c = hour[i]
+            if pairs is not None:
+                p, c = pairs[rng.randrange(len(pairs))]
+            rows.append((round(h * 3600.0 + (t + shift) % 3600.0, 6), p, c))
     rows.sort()
     return Trace(array("d", (r[0] for r in rows)), array("q", (r[1] for r in rows)),
                  array("q", (r[2] for r in rows)), name)

@@ -31,7 +31,7 @@ def test_always_api_routes_to_the_api_and_recommends_the_minimum():
 
 @pytest.mark.parametrize("ctx,backend,reason", [
     (req(), "sagemaker", "endpoint_in_service"),
-    (req(load=300.0), "openai", "endpoint_at_capacity"),  # overflow
+    (req(load=9000.0), "openai", "endpoint_at_capacity"),  # overflow: 300 tok/s × 30 s held
     (req(prompt=8100, max_tokens=200), "openai", "context_too_long"),
     (req(in_service=0), "openai", "endpoint_not_in_service"),
 ])
@@ -55,3 +55,12 @@ def test_first_healthy_takes_the_first_usable_backend_and_keeps_capacity():
 def test_unknown_policy_names_the_known_ones():
     with pytest.raises(ValueError, match="break_even"):
         build_policy("nope")
+
+
+def test_fixed_keeps_its_count_within_bounds():
+    assert build_policy("fixed", {"instances": 2}).plan_capacity(cap()).instances == 2
+    assert build_policy("fixed", {"instances": 9}).plan_capacity(cap()).instances == SPEC.max_instances
+    assert build_policy("fixed", {"instances": 0}).plan_capacity(cap()).instances == SPEC.min_instances
+    assert build_policy("fixed").route(req()).backend == "sagemaker"
+    with pytest.raises(ValueError, match="instances"):
+        build_policy("fixed", {"instances": -1})

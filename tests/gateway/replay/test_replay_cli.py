@@ -27,6 +27,7 @@ backends:
     min_instances: 0
     max_instances: 1
     startup_s: 10
+    max_queue_s: 10
 models:
   m:
     backends:
@@ -36,7 +37,7 @@ routing:
   policy: break_even
   capacity_interval_s: 5
 """
-TRACE = "arrival_s,prompt_tokens,completion_tokens\n1,10,5\n12,10,50\n13,10,60\n14,95,10\n23,1,40\n"
+TRACE = "arrival_s,prompt_tokens,completion_tokens\n1,10,5\n12,10,50\n13,10,80\n14,95,10\n14.5,10,20\n23,1,40\n"
 
 
 @pytest.fixture
@@ -57,10 +58,10 @@ def test_replay_json_reports_every_policy_against_the_optimum(files, capsys):
     doc = replay_json(files, capsys)
     by_policy = {r["policy"]: r for r in doc["results"]}
     assert {"always_api", "always_selfhosted", "break_even", "first_healthy"} <= set(by_policy)
-    assert by_policy["always_selfhosted"]["spend_usd"] == pytest.approx(0.295)  # see test_replay_simulator
-    assert by_policy["always_api"]["spend_usd"] == pytest.approx(0.456)
-    assert doc["optimum"]["spend_usd"] == pytest.approx(0.295)
-    assert by_policy["always_api"]["ratio_to_optimum"] == pytest.approx(0.456 / 0.295, abs=1e-4)
+    assert by_policy["always_selfhosted"]["spend_usd"] == pytest.approx(0.215)  # see test_replay_simulator
+    assert by_policy["always_api"]["spend_usd"] == pytest.approx(0.546)
+    assert doc["optimum"]["spend_usd"] == pytest.approx(0.215)
+    assert by_policy["always_api"]["ratio_to_optimum"] == pytest.approx(0.546 / 0.215, abs=1e-4)
     for r in doc["results"]:
         assert {"spend_usd", "api_spend_usd", "endpoint_spend_usd", "api_requests", "endpoint_requests",
                 "endpoint_refused", "api_prompt_tokens", "endpoint_completion_tokens"} <= set(r)
@@ -76,10 +77,10 @@ def test_replay_selected_policies_and_text_output(files, capsys):
 
 
 def test_sweep_names_the_best(files, capsys):
-    doc = replay_json(files, capsys, "--sweep", "hysteresis=0.1,0.3", "--sweep", "min_dwell_s=0,600")
+    doc = replay_json(files, capsys, "--sweep", "restart_weight=0.5,2", "--sweep", "min_dwell_s=0,600")
     assert len(doc["results"]) == 4
     assert {tuple(sorted(r["params"].items())) for r in doc["results"]} == {
-        (("hysteresis", h), ("min_dwell_s", d)) for h in (0.1, 0.3) for d in (0, 600)}
+        (("min_dwell_s", d), ("restart_weight", h)) for h in (0.5, 2) for d in (0, 600)}
     assert doc["best"]["spend_usd"] == min(r["spend_usd"] for r in doc["results"])
 
 
@@ -97,8 +98,8 @@ def test_bad_inputs_exit_2_with_the_file_named(files, capsys):
     assert replay_main(["--trace", str(files / "nope.csv"), "--config", str(files / "config.yaml")]) == 2
     assert "nope.csv" in capsys.readouterr().err
     assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
-                        "--param", "hysteresis=2"]) == 2
-    assert "hysteresis" in capsys.readouterr().err
+                        "--param", "restart_weight=-1"]) == 2
+    assert "restart_weight" in capsys.readouterr().err
 
 
 def test_make_trace_is_deterministic(files, capsys):

@@ -16,51 +16,52 @@ from routing_policies import CapacityDecision, Decision, EndpointSpec, TokenPric
 #   API: 0.001 USD per prompt token, 0.002 USD per completion token
 #   endpoint: 3.6 USD/hour = 0.001 USD per instance-second, 10 capacity tokens/s per instance,
 #   prompt tokens weigh 0, context window 100 tokens, start-up 10 s, 0..1 instances
-#   load window 10 s: one instance takes at most 10 × 10 = 100 capacity tokens per 10 s
+#   queue 10 s: one instance takes requests while its backlog is below 10 × 10 = 100 capacity
+#   tokens; the backlog drains at 10 tokens/s
 SPEC = EndpointSpec(hourly_price_usd=3.6, max_tokens_per_second=10.0, prompt_token_weight=0.0,
-                    min_instances=0, max_instances=1, startup_s=10.0, context_window=100)
-SETUP = ReplaySetup("m", "openai", "sagemaker", TokenPrices(0.001, 0.002), SPEC,
-                    capacity_interval_s=5.0, load_window_s=10.0)
+                    min_instances=0, max_instances=1, startup_s=10.0, context_window=100, queue_s=10.0)
+SETUP = ReplaySetup("m", "openai", "sagemaker", TokenPrices(0.001, 0.002), SPEC, capacity_interval_s=5.0)
 
 #            arrival  prompt  completion
 HAND = Trace.from_rows([
     (1.0, 10, 5),    # r1: t=1, the instance asked for at t=0 is still starting -> API 10×.001 + 5×.002 = 0.020
-    (12.0, 10, 50),  # r2: in service since t=10, load 0 + 50 <= 100 -> endpoint
-    (13.0, 10, 60),  # r3: load 50 + 60 > 100 -> refused, API .010 + .120 = 0.130
+    (12.0, 10, 50),  # r2: in service since t=10, backlog 0 < 100 -> endpoint; backlog 50
+    (13.0, 10, 80),  # r3: backlog 50 - 10 = 40 < 100 -> endpoint (a long decode is taken whole); backlog 120
     (14.0, 95, 10),  # r4: 95 + 10 > context window 100 -> API .095 + .020 = 0.115
-    (23.0, 1, 40),   # r5: r2 left the 10-s window at t=22 -> load 0 + 40 -> endpoint
+    (14.5, 10, 20),  # r5: backlog 120 - 15 = 105 >= 100 -> at capacity, API .010 + .040 = 0.050
+    (23.0, 1, 40),   # r6: backlog 105 - 85 = 20 < 100 -> endpoint
 ])
 
 
 def test_always_selfhosted_by_hand():
     r = simulate(HAND, build_policy("always_selfhosted"), SETUP, horizon_s=30.0)
-    # API: 0.020 + 0.130 + 0.115 = 0.265 USD; endpoint: one instance billed from t=0 to 30 s = 0.030 USD
-    assert r.api_spend_usd == pytest.approx(0.265)
+    # API: 0.020 + 0.115 + 0.050 = 0.185 USD; endpoint: one instance billed from t=0 to 30 s = 0.030 USD
+    assert r.api_spend_usd == pytest.approx(0.185)
     assert r.endpoint_spend_usd == pytest.approx(0.030)
-    assert r.spend_usd == pytest.approx(0.295)
-    assert (r.api_requests, r.endpoint_requests, r.endpoint_refused) == (3, 2, 1)
-    assert (r.endpoint_prompt_tokens, r.endpoint_completion_tokens) == (11, 90)
-    assert (r.api_prompt_tokens, r.api_completion_tokens) == (115, 75)
-    assert r.route_reasons == {"endpoint_not_in_service": 1, "endpoint_in_service": 2,
-                               "endpoint_refused": 1, "context_too_long": 1}
+    assert r.spend_usd == pytest.approx(0.215)
+    assert (r.api_requests, r.endpoint_requests, r.endpoint_refused) == (3, 3, 1)
+    assert (r.endpoint_prompt_tokens, r.endpoint_completion_tokens) == (21, 170)
+    assert (r.api_prompt_tokens, r.api_completion_tokens) == (115, 35)
+    assert r.route_reasons == {"endpoint_not_in_service": 1, "endpoint_in_service": 3,
+                               "endpoint_at_capacity": 1, "context_too_long": 1}
     assert r.instances_started == 1
 
 
 def test_always_api_by_hand():
     r = simulate(HAND, build_policy("always_api"), SETUP, horizon_s=30.0)
-    # r1 .020 + r2 (.010 + .100) + r3 .130 + r4 .115 + r5 (.001 + .080) = 0.456 USD
-    assert r.spend_usd == pytest.approx(0.456)
+    # r1 .020 + r2 (.010 + .100) + r3 (.010 + .160) + r4 .115 + r5 .050 + r6 (.001 + .080) = 0.546 USD
+    assert r.spend_usd == pytest.approx(0.546)
     assert r.endpoint_spend_usd == 0 and r.instance_hours == 0
 
 
 def test_optimum_by_hand():
     # 10-s intervals, 3 of them; nothing can serve in [0, 10) (start-up 10 s from t=0).
-    # [10, 20): one instance costs 10 × .001 + start-up 10 × .001 = 0.020 and saves r2's 0.110 -> on
-    # [20, 30): one instance costs 0.010 and saves r5's 0.081 -> on
-    # total: API r1 .020 + r3 .130 (refused) + r4 .115 (too long) + endpoint .030 = 0.295 USD
+    # [10, 20): one instance costs 10 × .001 + start-up 10 × .001 = 0.020 and saves r2 + r3 = 0.280 -> on
+    # [20, 30): one instance costs 0.010 and saves r6's 0.081 -> on
+    # total: API r1 .020 + r4 .115 (too long) + r5 .050 (at capacity) + endpoint .030 = 0.215 USD
     best = hindsight_optimum(HAND, SETUP, interval_s=10.0, horizon_s=30.0)
     assert best.schedule == [0, 1, 1]
-    assert best.spend_usd == pytest.approx(0.295)
+    assert best.spend_usd == pytest.approx(0.215)
     assert best.endpoint_spend_usd == pytest.approx(0.030)
     assert best.instances_started == 1
 
@@ -95,17 +96,21 @@ def test_scale_down_cancels_the_starting_instance_first_and_stops_its_billing():
     assert policy.seen_in_service == [(12.0, 1), (16.0, 1)]  # B never came into service
 
 
-def naive_refused(trace, spec, prices, n, interval_s, k_count, load_w=10.0):
-    """Admission with a quadratic window scan: an independent re-implementation for the brute force."""
+def naive_refused(trace, spec, prices, n, interval_s, k_count):
+    """Admission by the queue's sup formula (Lindley): an independent re-implementation for the brute force.
+
+    The backlog at t is max(0, max over earlier admissions s of (work admitted in [s, t]) − C (t − s)).
+    """
     out = [0.0] * k_count
     admitted = []  # (time, capacity tokens)
+    rate = n * spec.max_tokens_per_second
     for t, p, c in zip(trace.arrival_s, trace.prompt_tokens, trace.completion_tokens):
         cost = prices.request_cost(p, c)
         if p + c > spec.context_window:
             continue
-        load = sum(cap for at, cap in admitted if at > t - load_w)
+        backlog = max([0.0] + [sum(x for at, x in admitted if at >= s) - rate * (t - s) for s, _ in admitted])
         cap = c + spec.prompt_token_weight * p
-        if load + cap <= n * spec.max_tokens_per_second * load_w:
+        if n > 0 and backlog < rate * spec.queue_s:
             admitted.append((t, cap))
         else:
             out[min(k_count - 1, int(t // interval_s))] += cost
@@ -114,9 +119,9 @@ def naive_refused(trace, spec, prices, n, interval_s, k_count, load_w=10.0):
 
 def test_optimum_matches_brute_force_on_a_tiny_case():
     spec = EndpointSpec(hourly_price_usd=36.0, max_tokens_per_second=4.0, prompt_token_weight=0.1,
-                        min_instances=0, max_instances=2, startup_s=15.0, context_window=80)
+                        min_instances=0, max_instances=2, startup_s=15.0, context_window=80, queue_s=10.0)
     prices = TokenPrices(0.0005, 0.003)
-    setup = ReplaySetup("m", "openai", "sagemaker", prices, spec, load_window_s=10.0)
+    setup = ReplaySetup("m", "openai", "sagemaker", prices, spec)
     rng = random.Random(3)
     rows = []
     for k in range(6):  # bursts of different sizes in six 10-s intervals
@@ -142,18 +147,19 @@ def test_optimum_matches_brute_force_on_a_tiny_case():
 
 
 def test_break_even_replay_is_never_above_the_baselines_on_a_steady_trace():
-    # two hours at 2 req/s, conversation-like tokens, gpt-4o prices on a real-sized endpoint
+    # six hours at 2 req/s (long enough that the first start-up, which no policy can avoid, is
+    # not the whole story), conversation-like tokens, gpt-4o prices on a real-sized endpoint
     spec = EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0, context_window=8192)
     setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6), spec)
     rng = random.Random(1)
     t, rows = 0.0, []
-    while t < 7200:
+    while t < 21600:
         t += rng.expovariate(2.0)
         rows.append((t, rng.randint(200, 2000), rng.randint(50, 400)))
     trace = Trace.from_rows(rows)
-    spend = {name: simulate(trace, build_policy(name), setup, horizon_s=7200.0).spend_usd
+    spend = {name: simulate(trace, build_policy(name), setup, horizon_s=21600.0).spend_usd
              for name in ("break_even", "always_api", "always_selfhosted")}
-    best = hindsight_optimum(trace, setup, 60.0, 7200.0).spend_usd
+    best = hindsight_optimum(trace, setup, 60.0, 21600.0).spend_usd
     assert spend["break_even"] <= min(spend["always_api"], spend["always_selfhosted"])
     assert spend["break_even"] <= 1.10 * best
 
@@ -177,9 +183,12 @@ def test_capacity_windows_count_only_what_the_endpoint_could_serve():
     simulate(HAND, spy, SETUP, horizon_s=30.0)
     at_20 = next(c for c in spy.contexts if c.now_s == 20.0)
     by_len = {w.seconds: w for w in at_20.windows}
-    # before t=20: r1, r2, r3 fit; r4 (95 + 10 > 100) can only go to the API and is left out
-    assert by_len[60.0].requests == 3
-    assert (by_len[60.0].prompt_tokens, by_len[60.0].completion_tokens) == (30, 115)
+    # before t=20: r1, r2, r3, r5 fit; r4 (95 + 10 > 100) can only go to the API and is left out
+    assert by_len[60.0].requests == 4
+    assert (by_len[60.0].prompt_tokens, by_len[60.0].completion_tokens) == (40, 155)
+    # the longest window carries the load moments: complete 10-s buckets [0, 10) and [10, 20)
+    m10 = next(m for m in by_len[3600.0].moments if m.bucket_s == 10)
+    assert (m10.count, m10.total, m10.squares) == (2, 5 + 150, 5 ** 2 + 150 ** 2)
     # the 60-s window at t=20 reaches back before the trace start: it keeps its nominal length
     assert [w.seconds for w in at_20.windows] == [60.0, 300.0, 3600.0]
     assert [c.now_s for c in spy.contexts] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
@@ -191,4 +200,4 @@ def test_capacity_windows_can_count_all_traffic_when_asked():
     spy = WindowSpy()
     simulate(HAND, spy, replace(SETUP, window_traffic="all"), horizon_s=30.0)
     at_20 = next(c for c in spy.contexts if c.now_s == 20.0)
-    assert at_20.windows[0].requests == 4  # r4 counted too
+    assert at_20.windows[0].requests == 5  # r4 counted too
