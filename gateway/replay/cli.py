@@ -6,6 +6,8 @@ until then: ``python -m gateway.replay.cli replay --trace FILE``.
 
 Examples::
 
+    gateway replay                                  # the bundled Azure conversation trace, ./config.yaml
+    gateway replay --trace azure-code --api-prices 2.50,10.00
     gateway make-trace --hourly servegen_hourly.csv --shape-model m-large \\
         --tokens-from normalized/azure2023_conv.csv.gz --days 14 --peak-per-hour 9000 \\
         --seed 1 --out conv-14d.csv.gz
@@ -16,14 +18,19 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
+from decimal import Decimal, InvalidOperation
 
 import yaml
 
-from routing_policies import build_policy, policy_names
+from routing_policies import TokenPrices, build_policy, policy_names
 
+from ..config import PriceSpec
+from ..policy_inputs import token_prices
+from . import bundled
 from .optimum import hindsight_optimum
 from .report import TextProgress, render_json, render_text, summarize
 from .simulator import default_horizon, setup_from_config, simulate
@@ -63,9 +70,35 @@ def _params_for(name: str, cfg, overrides: dict) -> dict:
     return params
 
 
+def parse_api_prices(text: str) -> TokenPrices:
+    """``--api-prices INPUT,OUTPUT[,CACHED_INPUT]`` in USD per 1M tokens → TokenPrices (USD per token).
+
+    Read as Decimal and converted as the config's prices are (``policy_inputs.token_prices``),
+    so ``--api-prices 0.15,0.60`` replays exactly like gpt-4o-mini's configured prices.
+    """
+    try:
+        values = [Decimal(p.strip()) for p in text.split(",")]
+    except InvalidOperation:
+        values = []
+    if len(values) not in (2, 3) or not all(v.is_finite() and v >= 0 for v in values):
+        raise ValueError(f"--api-prices: expected INPUT,OUTPUT[,CACHED_INPUT] in USD per 1M tokens, "
+                         f"each a number >= 0 (e.g. 2.50,10.00), got {text!r}")
+    return token_prices(PriceSpec(*values, source="--api-prices"))
+
+
 def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--trace", required=True, help="CSV (or .csv.gz) with arrival_s,prompt_tokens,completion_tokens")
-    parser.add_argument("--config", default="config.yaml", help="gateway config (prices, endpoint capacity)")
+    parser.add_argument("--trace", default=bundled.DEFAULT_TRACE, metavar="FILE|NAME",
+                        help="CSV (or .csv.gz) with arrival_s,prompt_tokens,completion_tokens, or the name of a "
+                             f"trace shipped with the package ({bundled.trace_names_help()}; licence and "
+                             f"source in gateway/replay/data/README.md). Default: {bundled.DEFAULT_TRACE}")
+    parser.add_argument("--config", default=None,
+                        help="gateway config (prices, endpoint capacity). Default: $GATEWAY_CONFIG, else "
+                             "./config.yaml, else the copy of the repository's config.yaml shipped with the package")
+    parser.add_argument("--api-prices", metavar="IN,OUT[,CACHED]",
+                        help="compare against the API at these prices instead of the config's, in USD per 1M "
+                             "input,output[,cached input] tokens; e.g. 2.50,10.00 (gpt-4o's list prices: the "
+                             "endpoint pays off on azure-conv, which it never does at the default config's "
+                             "gpt-4o-mini prices)")
     parser.add_argument("--model", help="model to replay as (default: first chat model with openai+sagemaker routes)")
     parser.add_argument("--policy", action="append", choices=policy_names(),
                         help="policy to replay (repeatable; default: all)")
@@ -86,11 +119,13 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--hourly", required=True, help="CSV with model,hour,requests (e.g. servegen_hourly.csv)")
     parser.add_argument("--shape-model", help="which model's hourly volume to follow (default: the file's first)")
-    parser.add_argument("--tokens-from", help="real per-request trace to sample token pairs from "
-                        "(default: the --arrivals-from trace's own tokens)")
+    names = " or ".join(bundled.TRACES)
+    parser.add_argument("--tokens-from", metavar="TRACE",
+                        help=f"real per-request trace (a file, or {names}: shipped with the package) to sample "
+                             "token pairs from (default: the --arrivals-from trace's own tokens)")
     parser.add_argument("--arrivals-from", metavar="TRACE",
-                        help="fill each hour with this real one-hour trace's own arrival times (thinned or "
-                             "replicated to the hour's count) instead of drawing Poisson arrivals")
+                        help=f"fill each hour with this real one-hour trace's (a file, or {names}) own arrival "
+                             "times (thinned or replicated to the hour's count) instead of drawing Poisson arrivals")
     parser.add_argument("--rotate", action="store_true",
                         help="with --arrivals-from: shift each hour's arrival pattern by a random offset")
     parser.add_argument("--start-hour", type=int, default=0, help="first hour of the shape to use (default 0)")
@@ -116,10 +151,16 @@ def replay_main(argv: list[str]) -> int:
     )).parse_args(argv)
     from gateway.config import ConfigError, load_config
 
+    config, is_bundled = bundled.config_path(args.config)
+    if is_bundled:
+        print(f"gateway replay: no ./config.yaml here: using the default config shipped with the package "
+              f"({config})", file=sys.stderr)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
         setup = setup_from_config(cfg, args.model, window_traffic=args.window_traffic)
-        trace = read_trace(args.trace)
+        if args.api_prices is not None:
+            setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices))
+        trace = read_trace(bundled.trace_path(args.trace))
     except (ConfigError, TraceError, ValueError) as e:
         print(f"gateway replay: {e}", file=sys.stderr)
         return 2
@@ -165,7 +206,7 @@ def replay_main(argv: list[str]) -> int:
             bar.close()
     optimum = hindsight_optimum(trace, setup, args.optimum_interval, horizon)
     summary = summarize(trace, setup, results, optimum, sweep=bool(sweep),
-                        elapsed_s=time.perf_counter() - started)
+                        elapsed_s=time.perf_counter() - started, config=config)
     print(render_json(summary) if args.json else render_text(summary))
     return 0
 
@@ -181,8 +222,8 @@ def make_trace_main(argv: list[str]) -> int:
         return 2
     try:
         hourly = read_hourly(args.hourly, args.shape_model)
-        pairs = read_trace(args.tokens_from).pairs() if args.tokens_from else None
-        arrivals = read_trace(args.arrivals_from) if args.arrivals_from else None
+        pairs = read_trace(bundled.trace_path(args.tokens_from)).pairs() if args.tokens_from else None
+        arrivals = read_trace(bundled.trace_path(args.arrivals_from)) if args.arrivals_from else None
     except TraceError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2

@@ -5,19 +5,26 @@ Money is simulated in floats; here it is rounded to micro-dollars (JSON) or cent
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict
 
+from routing_policies import TokenPrices
 from routing_policies.capacity import (
     TrafficMix, break_even_requests_per_hour, endpoint_ever_pays_off,
     endpoint_usd_per_capacity_token_at_full, instance_capacity_per_hour,
 )
 
+from . import bundled
 from .optimum import Optimum
 from .simulator import ReplayResult, ReplaySetup
 from .trace import Trace
 
 _MONEY = ("spend_usd", "api_spend_usd", "endpoint_spend_usd")
+
+# A price point to suggest when the endpoint never pays off: OpenAI's list price for gpt-4o,
+# USD per 1M input, output tokens.
+EXAMPLE_API_PRICES = ("gpt-4o", 2.50, 10.00)
 
 
 def _usd(x: float) -> float:
@@ -39,17 +46,42 @@ def economics(trace: Trace, setup: ReplaySetup) -> dict:
     be = break_even_requests_per_hour(spec, mix)
     per_req = mix.capacity_tokens_per_request
     peaked = load_peakedness(trace, spec, 10.0)
+    pays_off = endpoint_ever_pays_off(spec, mix)
     return {
         "api_usd_per_request": round(mix.api_usd_per_request, 9),
         "capacity_tokens_per_request": round(per_req, 2),
         "api_usd_per_1m_capacity_tokens": round(mix.api_usd_per_capacity_token * 1e6, 4),
         "endpoint_usd_per_1m_capacity_tokens_at_full": round(endpoint_usd_per_capacity_token_at_full(spec) * 1e6, 4),
-        "endpoint_ever_pays_off": endpoint_ever_pays_off(spec, mix),
+        "endpoint_ever_pays_off": pays_off,
+        # None when it does (or no request fits): API prices, USD per 1M, at which it would
+        "pays_off_at_api_prices": None if pays_off or not fits else pay_off_prices(mix, spec, setup.api_prices),
         "break_even_requests_per_hour": None if be is None else round(be, 1),
         "instance_capacity_requests_per_hour": round(instance_capacity_per_hour(spec) / per_req, 1) if per_req else None,
         "context_too_long_requests": len(trace) - len(fits),
         "load_peakedness": None if peaked is None else round(peaked, 2),
     }
+
+
+def pay_off_prices(mix: TrafficMix, spec, prices: TokenPrices) -> dict | None:
+    """API prices (USD per 1M input, output tokens) at which an instance would pay off on ``mix``.
+
+    gpt-4o's (``EXAMPLE_API_PRICES``) when they are enough, a price a person knows; else the
+    given prices scaled up until they are (the API's cost per capacity token grows in
+    proportion to its prices), rounded up to the cent. None when the API is free.
+    """
+    def pays(usd_in: float, usd_out: float) -> bool:
+        at = TokenPrices(usd_in / 1e6, usd_out / 1e6)  # whether it pays off depends on the mean request only
+        return endpoint_ever_pays_off(spec, TrafficMix.from_totals(
+            1, mix.prompt_tokens_per_request, mix.completion_tokens_per_request, 3600.0, spec, at))
+
+    name, usd_in, usd_out = EXAMPLE_API_PRICES
+    if pays(usd_in, usd_out):
+        return {"name": name, "usd_per_1m_input": usd_in, "usd_per_1m_output": usd_out}
+    if mix.api_usd_per_capacity_token <= 0:
+        return None
+    factor = 1.25 * endpoint_usd_per_capacity_token_at_full(spec) / mix.api_usd_per_capacity_token
+    usd_in, usd_out = (math.ceil(x * 1e6 * factor * 100) / 100 for x in (prices.input, prices.output))
+    return {"name": None, "usd_per_1m_input": usd_in, "usd_per_1m_output": usd_out} if pays(usd_in, usd_out) else None
 
 
 def load_peakedness(trace: Trace, spec, bucket_s: float = 10.0) -> float | None:
@@ -99,7 +131,8 @@ def _result(r: ReplayResult, optimum: Optimum) -> dict:
 
 
 def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], optimum: Optimum,
-              sweep: bool = False, elapsed_s: float = 0.0) -> dict:
+              sweep: bool = False, elapsed_s: float = 0.0, config: str | None = None) -> dict:
+    """Everything the replay reports; ``config`` is the path of the config it loaded (for the hint)."""
     hours = Counter(int(t // 3600) for t in trace.arrival_s)
     span_h = optimum.horizon_s / 3600.0
     spec = setup.endpoint
@@ -116,6 +149,7 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
             "peak_requests_per_hour": max(hours.values(), default=0),
             "prompt_tokens": sum(trace.prompt_tokens), "completion_tokens": sum(trace.completion_tokens),
         },
+        "config": config,
         "model": setup.model,
         "api": {"backend": setup.api_name, "usd_per_1m_input": round(setup.api_prices.input * 1e6, 6),
                 "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6)},
@@ -140,6 +174,7 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
                        "ratio_to_optimum": _result(best, optimum)["ratio_to_optimum"],
                        "tie": len(tied) > 1, "tied_params": [r.params for r in tied]}
     out["recommendation"] = recommend(out)
+    out["hint"] = pay_off_hint(out)
     return out
 
 
@@ -172,8 +207,24 @@ def recommend(summary: dict) -> str:
         by_name = {r["policy"]: r for r in results}
         if "break_even" in by_name and best["policy"] != "break_even":
             be = by_name["break_even"]
-            lines.append(f"break_even spent ${be['spend_usd']:,.2f} ({be['ratio_to_optimum']}x the optimum).")
+            vs_opt = f" ({be['ratio_to_optimum']}x the optimum)" if be["ratio_to_optimum"] else ""
+            lines.append(f"break_even spent ${be['spend_usd']:,.2f}{vs_opt}.")
     return " ".join(lines)
+
+
+def pay_off_hint(summary: dict) -> str | None:
+    """When the endpoint never pays off: the command that replays the same traffic at prices where it does."""
+    at = summary["economics"]["pays_off_at_api_prices"]
+    if at is None:
+        return None
+    flag = f"--api-prices {at['usd_per_1m_input']:.2f},{at['usd_per_1m_output']:.2f}"
+    name = bundled.trace_name(summary["trace"]["path"])
+    trace = "" if name == bundled.DEFAULT_TRACE else f" --trace {name or summary['trace']['path']}"
+    config = summary.get("config")
+    config = "" if config in (None, "config.yaml", bundled.BUNDLED_CONFIG) else f" --config {config}"
+    whose = f"{at['name']}'s" if at["name"] else "higher"
+    return (f"to see a case where the endpoint pays off, replay at {whose} API prices (USD per 1M input,output "
+            f"tokens): gateway replay{trace}{config} {flag}")
 
 
 def render_json(summary: dict) -> str:
@@ -234,7 +285,10 @@ def render_text(summary: dict) -> str:
         bs = summary["best_static"]
         out += ["", f"best static policy: {' = '.join(bs['ties'])} at ${bs['spend_usd']:,.2f}"]
     out += ["", *COLUMNS]
-    out += ["", "recommendation: " + summary["recommendation"], f"(replayed in {summary['elapsed_s']:.1f} s)"]
+    out += ["", "recommendation: " + summary["recommendation"]]
+    if summary.get("hint"):
+        out.append("hint: " + summary["hint"])
+    out.append(f"(replayed in {summary['elapsed_s']:.1f} s)")
     return "\n".join(out)
 
 

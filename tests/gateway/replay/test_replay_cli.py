@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from gateway.replay import bundled
 from gateway.replay.cli import make_trace_main, replay_main
+from gateway.replay.trace import read_trace
 
 # the hand-computed world of test_replay_simulator.py, as a config file
 CONFIG = """
@@ -109,4 +113,122 @@ def test_make_trace_is_deterministic(files, capsys):
     assert make_trace_main([*args, "--out", str(files / "a.csv.gz")]) == 0
     assert make_trace_main([*args, "--out", str(files / "b.csv.gz")]) == 0
     assert (files / "a.csv.gz").read_bytes() == (files / "b.csv.gz").read_bytes()
+    assert "requests over 2 h" in capsys.readouterr().out
+
+
+# --- what ships with the package: bundled traces, default config, --api-prices, the pay-off hint ---
+
+REPO_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A directory with no config.yaml and no GATEWAY_CONFIG: a fresh install run from anywhere."""
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    return here
+
+
+def test_replay_defaults_to_the_bundled_conversation_trace(files, capsys):
+    code = replay_main(["--config", str(files / "config.yaml"), "--policy", "always_api", "--json", "--no-progress"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    trace = read_trace(bundled.trace_path("azure-conv"))
+    assert doc["trace"]["path"] == trace.name and trace.name.endswith("gateway/replay/data/azure2023_conv.csv.gz")
+    assert doc["trace"]["requests"] == len(trace) == 19_366
+    # the test config's API: 0.001 USD per prompt token, 0.002 per completion token
+    expected = 0.001 * sum(trace.prompt_tokens) + 0.002 * sum(trace.completion_tokens)
+    assert doc["results"][0]["api_spend_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_bundled_traces_by_name_and_their_licence_ship_together():
+    for name in ("azure-conv", "azure-code"):
+        path = Path(bundled.trace_path(name))
+        assert path.is_file() and path.parent == Path(bundled.DATA_DIR)
+        assert bundled.trace_name(str(path)) == name
+    notice = (Path(bundled.DATA_DIR) / "README.md").read_text()
+    assert "CC-BY-4.0" in notice and "Splitwise" in notice and "AzurePublicDataset" in notice
+    assert bundled.trace_path("some/file.csv") == "some/file.csv"
+
+
+def test_bundled_config_is_the_repository_config():
+    with open(REPO_CONFIG) as a, open(bundled.BUNDLED_CONFIG) as b:
+        assert yaml.safe_load(a) == yaml.safe_load(b), "copy config.yaml to gateway/replay/data/config.yaml"
+
+
+def test_without_config_yaml_here_the_bundled_config_is_used(files, elsewhere, capsys, monkeypatch):
+    args = ["--trace", str(files / "trace.csv"), "--policy", "always_api", "--json", "--no-progress"]
+    assert replay_main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["config"] == bundled.BUNDLED_CONFIG
+    assert json.loads(captured.out)["model"] == "gpt-4o-mini"
+    assert "shipped with the package" in captured.err
+    # as `gateway serve`: $GATEWAY_CONFIG, then ./config.yaml
+    monkeypatch.setenv("GATEWAY_CONFIG", str(files / "config.yaml"))
+    assert replay_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == str(files / "config.yaml")
+    monkeypatch.delenv("GATEWAY_CONFIG")
+    (elsewhere / "config.yaml").write_text(CONFIG)
+    assert replay_main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["config"] == "config.yaml" and captured.err == ""
+    # a --config that does not exist is an error, never replaced by the bundled one
+    assert replay_main([*args, "--config", str(elsewhere / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_api_prices_override_the_configs(files, capsys):
+    # tiny trace: 136 prompt + 205 completion tokens; 2000/4000 USD per 1M = 0.002/0.004 per token
+    doc = replay_json(files, capsys, "--policy", "always_api", "--api-prices", "2000,4000")
+    assert doc["results"][0]["api_spend_usd"] == pytest.approx(136 * 0.002 + 205 * 0.004)  # 1.092
+    assert (doc["api"]["usd_per_1m_input"], doc["api"]["usd_per_1m_output"]) == (2000, 4000)
+    doc = replay_json(files, capsys, "--policy", "always_api", "--api-prices", " 1.5, 0 ,0.5")
+    assert doc["results"][0]["api_spend_usd"] == pytest.approx(136 * 1.5e-6)
+    assert replay_json(files, capsys, "--policy", "always_api")["results"][0]["api_spend_usd"] == pytest.approx(0.546)
+
+
+@pytest.mark.parametrize("bad", ["2.5", "2.5,10,1,1", "a,b", "-1,10", "nan,10", "2.5,inf", "2.5,,1", ""])
+def test_bad_api_prices_exit_2_naming_the_flag(files, capsys, bad):
+    code = replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        f"--api-prices={bad}", "--no-progress"])  # `=`: argparse takes "-1,10" for a flag
+    assert code == 2
+    assert "--api-prices" in capsys.readouterr().err
+
+
+def test_hint_names_gpt4o_prices_when_the_endpoint_never_pays_off(files, elsewhere, capsys):
+    # the default config (gpt-4o-mini) on the tiny trace: the API is cheaper than a full instance
+    assert replay_main(["--trace", str(files / "trace.csv"), "--policy", "always_api", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "never pays off" in out
+    assert (f"hint: to see a case where the endpoint pays off, replay at gpt-4o's API prices (USD per 1M "
+            f"input,output tokens): gateway replay --trace {files / 'trace.csv'} --api-prices 2.50,10.00") in out
+    assert replay_main(["--trace", str(files / "trace.csv"), "--policy", "always_api", "--no-progress",
+                        "--api-prices", "2.50,10.00"]) == 0
+    out = capsys.readouterr().out
+    assert "never pays off" not in out and "hint:" not in out
+
+
+def test_hint_scales_the_prices_when_gpt4o_is_not_enough(files, capsys):
+    # the test endpoint costs $100 per 1M capacity tokens at full use: even gpt-4o's prices are below it
+    doc = replay_json(files, capsys, "--policy", "always_api", "--api-prices", "1,1")
+    at = doc["economics"]["pays_off_at_api_prices"]
+    assert at["name"] is None and at["usd_per_1m_input"] == at["usd_per_1m_output"] > 10
+    assert doc["hint"].endswith(f"--config {files / 'config.yaml'} --api-prices "
+                                f"{at['usd_per_1m_input']:.2f},{at['usd_per_1m_output']:.2f}")
+    doc = replay_json(files, capsys, "--policy", "always_api",
+                      "--api-prices", f"{at['usd_per_1m_input']},{at['usd_per_1m_output']}")
+    assert doc["economics"]["endpoint_ever_pays_off"] and doc["hint"] is None
+
+
+@pytest.mark.parametrize("flag", ["--tokens-from", "--arrivals-from"])
+def test_make_trace_takes_a_bundled_trace_by_name(files, capsys, flag):
+    (files / "hourly.csv").write_text("model,hour,requests\nx,0,100\nx,1,300\n")
+    out = files / "made.csv.gz"
+    assert make_trace_main(["--hourly", str(files / "hourly.csv"), flag, "azure-code", "--scale", "1",
+                            "--seed", "1", "--out", str(out)]) == 0
+    made, code_trace = read_trace(str(out)), read_trace(bundled.trace_path("azure-code"))
+    assert 300 <= len(made) <= 500
+    assert set(made.pairs()) <= set(code_trace.pairs())  # token pairs come from the Azure code trace
     assert "requests over 2 h" in capsys.readouterr().out
