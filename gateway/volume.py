@@ -1,8 +1,10 @@
 """Sliding-window traffic counts in fixed buckets (requests, prompt and completion tokens).
 
 Buckets are ``BUCKET_S`` wide and keyed by ``int(now // BUCKET_S)``; a window of
-``seconds`` sums the buckets that end inside it. The same bucket numbers are used
-as Redis keys, so every replica agrees on which bucket a second belongs to.
+``seconds`` sums the buckets that start inside ``[now - seconds, now]``: on a bucket
+boundary exactly the last ``seconds`` (what the replay counts from exact timestamps),
+in between up to one bucket less. The same bucket numbers are used as Redis keys, so
+every replica agrees on which bucket a second belongs to.
 """
 from __future__ import annotations
 
@@ -32,6 +34,16 @@ def bucket_of(now: float) -> int:
     return int(now // BUCKET_S)
 
 
+def first_bucket(now: float, seconds: float) -> int:
+    """The oldest bucket of the last ``seconds``: the first that starts at or after ``now - seconds``.
+
+    At least the current one. (Counting ``seconds // BUCKET_S`` buckets back from the current
+    one instead left the oldest whole bucket out on a boundary, where the current one has not
+    begun: a 60-s window of 50 s, and an hour of load moments missing its first bucket.)
+    """
+    return min(bucket_of(now), math.ceil((now - seconds) / BUCKET_S - 1e-9))
+
+
 @dataclass
 class VolumeBuckets:
     """bucket number -> (backend, model) -> [requests, prompt, completion]."""
@@ -59,7 +71,7 @@ class VolumeBuckets:
         ``models`` None: every client model's rows; else exactly these model keys.
         """
         current = bucket_of(now)
-        first = current - max(1, int(seconds // BUCKET_S)) + 1
+        first = first_bucket(now, seconds)
         out: dict[int, float] = {}
         for b in range(first, current + 1):
             rows = self.buckets.get(b)
@@ -77,7 +89,7 @@ class VolumeBuckets:
     def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None) -> VolumeWindow:
         """Traffic of the last ``seconds`` (whole buckets, the current one included)."""
         current = bucket_of(now)
-        first = current - max(1, int(seconds // BUCKET_S)) + 1
+        first = first_bucket(now, seconds)
         r = p = c = 0.0
         for b in range(first, current + 1):
             rows = self.buckets.get(b)

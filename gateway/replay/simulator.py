@@ -56,6 +56,7 @@ from routing_policies import (
 from routing_policies.admission import FluidBacklog
 from routing_policies.base import LoadMoments
 
+from ..policy_inputs import endpoint_spec, token_prices
 from ..volume import MOMENT_BUCKETS_S
 from .trace import Trace
 
@@ -98,15 +99,10 @@ def setup_from_config(cfg, model: str | None = None, **knobs) -> ReplaySetup:
         if api is None or ep is None:
             continue
         ab, eb = cfg.backends[api.backend], cfg.backends[ep.backend]
-        price = ab.prices[api.upstream_model]  # USD per 1M tokens, filled at config load
-        prices = TokenPrices(float(price.input) / 1e6, float(price.output) / 1e6,
-                             None if price.cached_input is None else float(price.cached_input) / 1e6)
-        spec = EndpointSpec(
-            hourly_price_usd=float(eb.hourly_price_usd), max_tokens_per_second=eb.max_tokens_per_second,
-            prompt_token_weight=eb.prompt_token_weight, min_instances=eb.min_instances,
-            max_instances=eb.max_instances, startup_s=eb.startup_s, context_window=eb.context_window,
-            queue_s=eb.max_queue_s,
-        )
+        # the live planner's own conversions: float(USD/1M) / 1e6 rounds twice and can differ
+        # from it in the last bit (0.10 USD/1M does)
+        prices = token_prices(ab.prices[api.upstream_model])
+        spec = endpoint_spec(eb)
         api_first = m.routes.index(api) < m.routes.index(ep)
         return ReplaySetup(m.name, ab.name, eb.name, prices, spec, api_first,
                            capacity_interval_s=cfg.routing.capacity_interval_s, **knobs)

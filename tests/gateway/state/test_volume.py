@@ -84,3 +84,17 @@ def test_prune_drops_everything_once_past_the_horizon():
     v.prune(T0 + HORIZON_S + 2 * BUCKET_S)
     assert v.buckets == {}
     assert v.window(T0 + HORIZON_S + 2 * BUCKET_S, 3600).requests == 0
+
+
+def test_on_a_bucket_boundary_a_window_is_the_whole_last_seconds():
+    # the replay counts [now - seconds, now) from exact timestamps; on a boundary whole buckets
+    # hold exactly that (the current bucket has not begun), so nothing of the oldest is left out
+    v = VolumeBuckets()
+    now = T0 + 60
+    v.add(bucket_of(T0), ("a", "m"), 1, 10, 2)  # [T0, T0 + 10): inside the last 60 s
+    v.add(bucket_of(T0) - 1, ("a", "m"), 100, 0, 0)  # ends at T0: outside
+    w = v.window(now, 60)
+    assert (w.seconds, w.requests, w.prompt_tokens) == (60.0, 1, 10)
+    assert v.loads(now, 60, 0.5) == {bucket_of(T0): 2 + 0.5 * 10}
+    # a second later that bucket is partly outside: whole buckets only, so 51 s
+    assert v.window(now + 1, 60).requests == 0 and v.window(now + 1, 60).seconds == 51.0
