@@ -122,5 +122,6 @@ def load_moments(loads: dict[int, float], now: float, seconds: float) -> tuple[L
             if first <= g < last:
                 sums[g] = sums.get(g, 0.0) + x
         count = max(0, last - first)
-        out.append(LoadMoments(float(size), count, sum(sums.values()), sum(v * v for v in sums.values())))
+        steps = sum((sums.get(g + 1, 0.0) - sums.get(g, 0.0)) ** 2 for g in range(first, last - 1))
+        out.append(LoadMoments(float(size), count, sum(sums.values()), sum(v * v for v in sums.values()), steps))
     return tuple(out)

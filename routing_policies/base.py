@@ -80,23 +80,29 @@ class Decision:
 class LoadMoments:
     """How the endpoint load varies: capacity tokens per aligned ``bucket_s`` bucket.
 
-    Over the ``count`` complete buckets of a window: ``total`` = Σ load, ``squares`` = Σ load².
-    Gives the policy the traffic's own burstiness (variance ÷ mean) instead of an assumed one.
+    Over the ``count`` complete buckets of a window: ``total`` = Σ load, ``squares`` = Σ load²,
+    ``step_squares`` = Σ (load of a bucket − load of the one before)² over the ``count − 1``
+    neighbouring pairs. Gives the policy the traffic's own burstiness instead of an assumed one.
     """
 
     bucket_s: float
     count: int
     total: float
     squares: float
+    step_squares: float = 0.0
 
     @property
     def dispersion(self) -> float | None:
-        """Variance ÷ mean of the per-bucket load (capacity tokens); None without data."""
+        """Variance ÷ mean of the per-bucket load (capacity tokens) around its local level; None without data.
+
+        The variance is the Allan variance, Σ steps² ÷ 2(count − 1): what changes from one
+        bucket to the next. A level that moves slowly (the daily ramp, a busy half-hour and then
+        nothing) is not burstiness; clumps and gaps of a minute are.
+        """
         if self.count < 2 or self.total <= 0:
             return None
         mean = self.total / self.count
-        var = max(0.0, (self.squares - self.count * mean * mean) / (self.count - 1))
-        return var / mean
+        return self.step_squares / (2.0 * (self.count - 1)) / mean
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,9 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   a start starts nothing; a real ramp starts them within minutes;
 * **down** by ski rental. Keeping an instance the forecast does not need costs
   ``waste`` USD/hour (its price minus the API spend it still saves); releasing it and
-  needing it again costs a *restart*: ``startup_s`` of billing plus the API spend, at the
-  hour's volume, while it starts. The policy keeps an account per smaller count: what the
+  needing it again costs a *restart*: ``startup_s`` of billing, the up account it must
+  build again, and the API spend, at the hour's volume, while the forecast notices the
+  return and the instance starts. The policy keeps an account per smaller count: what the
   extra instances cost beyond what they saved, tick by tick (time it is needed pays the
   account down, never below zero), and releases them once it reaches ``restart_weight`` ×
   the restart cost. An instance that will be needed again soon is kept through the gap;
@@ -42,6 +43,7 @@ Usage (config.yaml)::
 """
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from .base import (
@@ -76,19 +78,22 @@ class BreakEven:
         at least this many requests (the longest window otherwise).
     min_burst_requests: 200 — the load's burstiness is measured once the longest window holds
         this many requests (Poisson is assumed before).
+    forecast_noise: 0.3 — the largest relative error (from the measured burstiness) a
+        forecast window may have; a noisier one gives way to the next longer window.
     """
 
     name: ClassVar[str] = "break_even"
 
     def __init__(self, forecast_window_s: float = 300.0, restart_weight: float = 1.0,
                  min_dwell_s: float = 300.0, size_cv: float = 1.0,
-                 peakedness: float = 1.0, min_mix_requests: int = 20, min_burst_requests: int = 200):
+                 peakedness: float = 1.0, min_mix_requests: int = 20, min_burst_requests: int = 200,
+                 forecast_noise: float = 0.3):
         checks = {
             "forecast_window_s": forecast_window_s > 0,
             "restart_weight": restart_weight >= 0, "min_dwell_s": min_dwell_s >= 0,
             "size_cv": size_cv >= 0,
             "peakedness": peakedness > 0, "min_mix_requests": min_mix_requests >= 1,
-            "min_burst_requests": min_burst_requests >= 1,
+            "min_burst_requests": min_burst_requests >= 1, "forecast_noise": forecast_noise >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -100,6 +105,7 @@ class BreakEven:
         self.peakedness = float(peakedness)
         self.min_mix_requests = int(min_mix_requests)
         self.min_burst_requests = int(min_burst_requests)
+        self.forecast_noise = float(forecast_noise)
 
     # -- per request ---------------------------------------------------------------------
     def route(self, ctx: RequestContext) -> Decision:
@@ -138,6 +144,9 @@ class BreakEven:
         dispersion = measured if measured is not None else poisson_dispersion(mix, self.size_cv, self.peakedness)
         details["load_dispersion"] = dispersion
         cap_per_req = mix.capacity_tokens_per_request
+        fore = self._steady_window(windows, fore, dispersion, cap_per_req)
+        rph = fore.per_hour(fore.requests)
+        details["forecast_window_s"] = fore.seconds
         costs = costs_by_instances(spec, mix, rph * cap_per_req, dispersion)
         best = lo + min(range(len(costs)), key=lambda i: (costs[i], i))
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
@@ -146,11 +155,14 @@ class BreakEven:
         # count has cost beyond k, tick by tick, at the forecast volume (never below zero;
         # time the current count is the better one pays the account down). Moving to k pays
         # once the account covers what the move risks: a start-up's billing going up; going
-        # down, a restart (start-up billing plus the API spend while it starts, at the hour's volume).
+        # down, a restart (see the module docstring), priced at the level traffic returns at.
         hour = longest.per_hour(longest.requests)
-        again = costs_by_instances(spec, mix, max(rph, hour) * cap_per_req, dispersion)
         dt = max(0.0, ctx.now_s - ctx.memo.get("at", ctx.now_s))
-        memo: dict[str, float] = {"at": ctx.now_s}
+        # the level traffic comes back at after a gap: the recent busy rate, forgotten over an hour
+        # (an hour's average of a busy half-hour and a gap is half what returns)
+        level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
+        again = costs_by_instances(spec, mix, level * cap_per_req, dispersion)
+        memo: dict[str, float] = {"at": ctx.now_s, "level": level}
         here = costs[current - lo]
         up = down = current
         for k in range(lo, hi + 1):
@@ -158,16 +170,20 @@ class BreakEven:
                 continue
             account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (here - costs[k - lo]) / 3600.0)  # USD
             memo[str(k)] = account
+            start = abs(k - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
             if k > current:
-                risk = (k - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
-                if account > 0 and account >= self.restart_weight * risk and k <= best:
+                if account > 0 and account >= self.restart_weight * start and k <= best:
                     up = k  # the largest qualifying count up to the cheapest
             else:
-                risk = ((current - k) * spec.hourly_price_usd
-                        + max(0.0, again[k - lo] - again[current - lo])) * spec.startup_s / 3600.0  # USD
+                # a restart bills its start-up, needs its own account (another start-up's worth of
+                # missed saving) before it starts, and loses the saving while the forecast window
+                # notices the return (half of it, on average) and while the instances start
+                lost_s = spec.startup_s + fore.seconds / 2.0
+                risk = (start * (1.0 + self.restart_weight)
+                        + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
                 if down == current and account > 0 and account >= self.restart_weight * risk:
                     down = k  # the smallest qualifying count
-        details["accounts_usd"] = {k: v for k, v in memo.items() if k != "at"}
+        details["accounts_usd"] = {k: v for k, v in memo.items() if k not in ("at", "level")}
         if up > current:
             return CapacityDecision(up, "volume_above_break_even", be, rph, details, _moved(memo, up, +1))
         if down < current and dwelt:
@@ -190,6 +206,26 @@ class BreakEven:
         return TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
                                       chosen.seconds, ctx.endpoint, ctx.api_prices)
 
+    def _steady_window(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow, dispersion: float,
+                       cap_per_req: float) -> VolumeWindow:
+        """The forecast window, or a longer one when bursts make it too noisy to act on.
+
+        A window holding L capacity tokens of a load with variance = mean × dispersion
+        measures its rate to a relative error of √(dispersion ÷ L), L being what it holds or,
+        if more, what it should hold at the longest window's rate (an empty window that should
+        have held plenty is news: the traffic stopped). Poisson-like traffic passes at the
+        forecast window and follows ramps;
+        bursty traffic (gaps of minutes) would otherwise scale on every burst and gap, so it
+        is judged on a longer window.
+        """
+        longest = max(windows, key=lambda w: w.seconds)
+        hourly = longest.requests / longest.seconds if longest.seconds > 0 else 0.0  # requests/s
+        for w in sorted(windows, key=lambda w: w.seconds):
+            expected = max(hourly * w.seconds, w.requests) * cap_per_req
+            if w.seconds >= fore.seconds and expected > 0 and (dispersion / expected) ** 0.5 <= self.forecast_noise:
+                return w
+        return longest
+
     @staticmethod
     def _nearest(windows: tuple[VolumeWindow, ...], seconds: float) -> VolumeWindow:
         return min(windows, key=lambda w: (abs(w.seconds - seconds), w.seconds))
@@ -202,8 +238,10 @@ def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
     a ramp that already earned the first step keeps its claim on the next one.
     """
     base = memo.get(str(to), 0.0)
-    out = {"at": memo["at"]}
+    out: dict[str, float] = {}
     for key, value in memo.items():
-        if key != "at" and (int(key) - to) * direction > 0:
+        if key in ("at", "level"):
+            out[key] = value
+        elif (int(key) - to) * direction > 0:
             out[key] = max(0.0, value - base)
     return out

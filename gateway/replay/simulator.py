@@ -145,22 +145,26 @@ class ReplayResult:
 class _BucketLoads:
     """Capacity-token load per aligned ``bucket_s`` bucket, with prefix sums for ``LoadMoments``."""
 
-    def __init__(self, times, loads, bucket_s: float, horizon_s: float):
+    def __init__(self, times, loads, bucket_s: float, horizon_s: float, history_s: float):
         self.bucket_s = bucket_s
-        per = [0.0] * (int(horizon_s // bucket_s) + 2)
+        # buckets before the trace start count as empty, as a live gateway's do before its first request
+        self.pad = int(history_s // bucket_s) + 2
+        per = [0.0] * (self.pad + int(horizon_s // bucket_s) + 2)
         for t, x in zip(times, loads):
-            per[int(t // bucket_s)] += x
+            per[self.pad + int(t // bucket_s)] += x
         self.cum = [0.0, *accumulate(per)]
         self.cum_sq = [0.0, *accumulate(x * x for x in per)]
+        self.cum_step = [0.0, *accumulate((b - a) ** 2 for a, b in zip(per, per[1:]))]  # [i]: steps below i
 
     def moments(self, now: float, seconds: float) -> LoadMoments:
-        """The complete buckets inside ``[now - seconds, now)`` (none before the trace start)."""
+        """The complete buckets inside ``[now - seconds, now)``."""
         b = self.bucket_s
-        first = max(0, math.ceil((now - seconds) / b - 1e-9))
-        last = min(len(self.cum) - 1, int(now // b))  # exclusive: the open bucket is not complete
+        first = self.pad + math.ceil((now - seconds) / b - 1e-9)
+        last = min(len(self.cum) - 1, self.pad + int(now // b))  # exclusive: the open bucket is not complete
         if last <= first:
             return LoadMoments(b, 0, 0.0, 0.0)
-        return LoadMoments(b, last - first, self.cum[last] - self.cum[first], self.cum_sq[last] - self.cum_sq[first])
+        return LoadMoments(b, last - first, self.cum[last] - self.cum[first], self.cum_sq[last] - self.cum_sq[first],
+                           self.cum_step[last - 1] - self.cum_step[first])
 
 
 def _windows(arr, cum_p, cum_c, now: float, windows_s, loads: tuple[_BucketLoads, ...]) -> tuple[VolumeWindow, ...]:
@@ -197,7 +201,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     cum_c = [0, *accumulate(fit_c)]
     windows_s = tuple(sorted(setup.windows_s))
     fit_load = [c + spec.prompt_token_weight * p for p, c in zip(fit_p, fit_c)]
-    loads = tuple(_BucketLoads(fit_t, fit_load, b, horizon) for b in MOMENT_BUCKETS_S)
+    loads = tuple(_BucketLoads(fit_t, fit_load, b, horizon, windows_s[-1]) for b in MOMENT_BUCKETS_S)
     res = ReplayResult(policy.name, dict(params or {}), requests=n, horizon_s=horizon)
 
     api_view = BackendView(setup.api_name, API, True, prices)

@@ -86,11 +86,15 @@ def test_expected_overflow_limits():
 
 
 def test_measured_dispersion_takes_the_longest_buckets_with_data():
-    poisson_like = LoadMoments(10.0, 360, 360 * 100.0, 360 * (100.0 ** 2 + 100.0 * 200))  # var/mean 200
-    clumped = LoadMoments(60.0, 60, 60 * 600.0, 60 * (600.0 ** 2 + 600.0 * 3000))  # var/mean 3000
-    assert measured_dispersion((poisson_like, clumped)) == pytest.approx(3000, rel=0.02)
-    assert measured_dispersion((poisson_like, LoadMoments(60.0, 3, 1800.0, 1e6))) == pytest.approx(200, rel=0.02)
+    # dispersion = Allan variance (Σ steps² ÷ 2(count − 1)) ÷ mean
+    poisson_like = LoadMoments(10.0, 360, 360 * 100.0, 0.0, 2 * 359 * 100.0 * 200)  # 200
+    clumped = LoadMoments(60.0, 60, 60 * 600.0, 0.0, 2 * 59 * 600.0 * 3000)  # 3000
+    assert measured_dispersion((poisson_like, clumped)) == pytest.approx(3000)
+    assert measured_dispersion((poisson_like, LoadMoments(60.0, 3, 1800.0, 0.0, 1e6))) == pytest.approx(200)
     assert measured_dispersion(()) is None
+    # a level that moved once (busy, then nothing) is not bursty, however different its halves
+    ramp = LoadMoments(60.0, 60, 30 * 600.0, 30 * 600.0 ** 2, 600.0 ** 2)
+    assert ramp.dispersion == pytest.approx(600.0 ** 2 / (2 * 59) / 300.0)
 
 
 def test_cheapest_instances_grows_with_volume_and_stays_in_bounds():
@@ -163,25 +167,25 @@ def test_scale_up_waits_until_the_missed_saving_covers_a_start_up():
 
 def test_scale_down_is_ski_rental():
     # one instance serving 1,500 req/h (gpt-4o); then the traffic stops. Releasing it risks a restart:
-    # 0.141 USD of start-up billing plus the hour's API spend while it starts; keeping it wastes
-    # 1.408 USD/hour. It is kept at least as long as the start-up billing alone would take to waste
-    # (6 minutes), and released once the waste matches the whole restart.
+    # two start-ups' worth (its billing, and the account a new start must build) plus the API spend, at
+    # the level traffic returns at, while the forecast notices the return and the instance starts;
+    # keeping it wastes 1.408 USD/hour. It is kept at least as long as the start-up billing alone
+    # would take to waste (6 minutes), and released within the hour.
     policy = build_policy("break_even")
     busy = steady(policy, 1_500, 3600)
     assert busy[-1].instances == 1
     quiet_wins = windows(1e-6)[:2] + (VolumeWindow(3600.0, 750.0, 750.0 * CONV[0], 750.0 * CONV[1]),)
-    memo, now, released = dict(busy[-1].memo), 10_000.0 + 3600, None
+    memo, now, released, decisions = dict(busy[-1].memo), 10_000.0 + 3600, None, []
     for step in range(0, 4 * 3600, 5):
         d = policy.plan_capacity(CapacityContext(now + step, SPEC, GPT4O, quiet_wins, 1, 1, 0.0, memo))
         memo = dict(d.memo)
+        decisions.append(d.reason)
         if d.instances == 0:
             released = step
             assert d.reason == "idle_cost_above_restart_cost"
             break
-    # USD: start-up billing + (API bill − instance price) at the hour's volume, over the start-up
-    restart = (1.408 + (750 * mix(GPT4O).api_usd_per_request - 1.408)) * 360 / 3600
-    assert released is not None
-    assert released == pytest.approx(restart / 1.408 * 3600, abs=10)
+    assert released is not None and 2 * 360 <= released <= 3600
+    assert set(decisions[:-1]) == {"keep_for_restart"}
 
 
 def test_a_busy_spell_pays_the_idle_account_down():
