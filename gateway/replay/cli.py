@@ -31,7 +31,7 @@ from routing_policies import TokenPrices, build_policy, policy_names
 from ..config import PriceSpec
 from ..policy_inputs import token_prices
 from . import bundled
-from .optimum import hindsight_optimum
+from .optimum import floor_with, hindsight_optimum
 from .report import TextProgress, render_json, render_text, summarize
 from .simulator import default_horizon, setup_from_config, simulate
 from .synth import read_hourly, synthesize, synthesize_from_arrivals
@@ -204,7 +204,7 @@ def replay_main(argv: list[str]) -> int:
         results.append(result)
         if bar:
             bar.close()
-    optimum = hindsight_optimum(trace, setup, args.optimum_interval, horizon)
+    optimum = floor_with(hindsight_optimum(trace, setup, args.optimum_interval, horizon), results)
     summary = summarize(trace, setup, results, optimum, sweep=bool(sweep),
                         elapsed_s=time.perf_counter() - started, config=config)
     print(render_json(summary) if args.json else render_text(summary))

@@ -266,7 +266,9 @@ def render_text(summary: dict) -> str:
                      f"{r['ratio_to_optimum']:.3f}" if r["ratio_to_optimum"] else "-", f"{r['api_requests']:,}",
                      f"{r['endpoint_requests']:,}", f"{r['endpoint_refused']:,}", f"{r['instance_hours']:,.1f}",
                      f"{r['instances_started']:,}"))
-    rows.append((f"hindsight optimum ({opt['interval_s']:g} s)", f"{opt['spend_usd']:,.2f}", f"{opt['api_spend_usd']:,.2f}",
+    label = f"hindsight optimum ({opt['interval_s']:g} s)" if opt["source"] == "dp" else \
+        f"optimum: {opt['source']} (DP {opt['dp_spend_usd']:,.2f})"
+    rows.append((label, f"{opt['spend_usd']:,.2f}", f"{opt['api_spend_usd']:,.2f}",
                  f"{opt['endpoint_spend_usd']:,.2f}", "1.000", "", "", "", f"{opt['instance_hours']:,.1f}",
                  f"{opt['instances_started']:,}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]

@@ -232,3 +232,17 @@ def test_make_trace_takes_a_bundled_trace_by_name(files, capsys, flag):
     assert 300 <= len(made) <= 500
     assert set(made.pairs()) <= set(code_trace.pairs())  # token pairs come from the Azure code trace
     assert "requests over 2 h" in capsys.readouterr().out
+
+
+def test_a_run_cheaper_than_the_dp_becomes_the_optimum(capsys):
+    # the bundled conversation hour at gpt-4o prices saturates 4 instances: fixed_4 comes out below the
+    # DP's constant-count estimate, and the report takes it as the optimum (a lower bound of every run)
+    code = replay_main(["--api-prices", "2.50,10.00", "--policy", "fixed", "--json", "--no-progress"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    spends = [r["spend_usd"] for r in doc["results"]]
+    assert doc["optimum"]["spend_usd"] <= min(spends)
+    assert all(r["ratio_to_optimum"] >= 1.0 for r in doc["results"])
+    if doc["optimum"]["source"] != "dp":
+        assert doc["optimum"]["dp_spend_usd"] > doc["optimum"]["spend_usd"]
+        assert doc["optimum"]["source"].startswith("fixed_")
