@@ -324,6 +324,21 @@ def _keys(env: Mapping[str, str], var: str) -> frozenset[str]:
     return frozenset(k.strip() for k in env.get(var, "").split(",") if k.strip())
 
 
+def _check_policy(rr: "_Reader", routing: RoutingConfig) -> None:
+    """Build the policy once at load, so that a parameter it does not take (or out of range) is named here."""
+    from routing_policies import build_policy
+    from routing_policies.base import policy_parameters
+
+    unknown = sorted(set(routing.params) - set(policy_parameters(routing.policy)))
+    if unknown:
+        known = ", ".join(policy_parameters(routing.policy)) or "none"
+        raise rr.error("params", f"{routing.policy} takes no parameter {', '.join(unknown)} (it takes: {known})")
+    try:
+        build_policy(routing.policy, routing.params)
+    except (TypeError, ValueError) as e:
+        raise rr.error("params", str(e)) from None
+
+
 def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
     env = os.environ if env is None else env
     root = _Reader(_expand(data, env), "", path)
@@ -342,6 +357,7 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         dry_run=rr.get("dry_run", bool, True),
     )
     rr.reject_unknown()
+    _check_policy(rr, routing)
 
     ar = root.sub("auth")
     keys_env = ar.get("keys_env", str, "GATEWAY_API_KEYS")

@@ -304,3 +304,16 @@ def test_parse_config_names_its_source():
     with pytest.raises(ConfigError) as info:
         parse_config(_with(base(), 1, "colour"), path="inline.yaml", env={})
     assert str(info.value) == "inline.yaml: colour: unknown key"
+
+
+def test_a_policy_parameter_it_does_not_take_is_named_at_load():
+    import yaml
+    from gateway.config import ConfigError, parse_config
+
+    data = yaml.safe_load(open("config.yaml"))
+    data["routing"]["params"] = {"hysteresis": 0.1}  # break_even's old knob, gone with ski rental
+    with pytest.raises(ConfigError, match=r"routing\.params: break_even takes no parameter hysteresis"):
+        parse_config(data, "config.yaml", {})
+    data["routing"]["params"] = {"restart_weight": -1}
+    with pytest.raises(ConfigError, match=r"routing\.params: .*restart_weight"):
+        parse_config(data, "config.yaml", {})
