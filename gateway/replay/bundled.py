@@ -2,6 +2,7 @@
 
 * two real one-hour traces (Azure LLM inference trace 2023, CC-BY-4.0: source, paper and
   licence in ``data/README.md``), which every trace argument accepts by name;
+* ServeGen's 14-day hourly request volumes (Alibaba Bailian, Apache-2.0) for ``make-trace``;
 * a copy of the repository's ``config.yaml``, the last resort when no config is named.
 
 Usage::
@@ -21,6 +22,9 @@ TRACES = {
     "azure-code": ("azure2023_code.csv.gz", "Azure LLM inference trace 2023, code: 8,819 requests in 57 min, bursty"),
 }
 DEFAULT_TRACE = "azure-conv"
+# name → file: hourly volume shapes for make-trace (ServeGen, Apache-2.0; see data/README.md)
+HOURLY = {"servegen": "servegen_hourly.csv"}
+DEFAULT_HOURLY = "servegen"
 BUNDLED_CONFIG = os.path.join(DATA_DIR, "config.yaml")
 
 
@@ -28,6 +32,12 @@ def trace_path(name_or_path: str) -> str:
     """The bundled file for ``azure-conv`` / ``azure-code``; anything else is a path, returned as is."""
     entry = TRACES.get(name_or_path)
     return os.path.join(DATA_DIR, entry[0]) if entry else name_or_path
+
+
+def hourly_path(name_or_path: str) -> str:
+    """The bundled hourly shape for ``servegen``; anything else is a path, returned as is."""
+    entry = HOURLY.get(name_or_path)
+    return os.path.join(DATA_DIR, entry) if entry else name_or_path
 
 
 def trace_names_help() -> str:

@@ -117,7 +117,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--hourly", required=True, help="CSV with model,hour,requests (e.g. servegen_hourly.csv)")
+    parser.add_argument("--hourly", default=bundled.DEFAULT_HOURLY, metavar="FILE|NAME",
+                        help="CSV with model,hour,requests, or 'servegen' for ServeGen's 14-day hourly volumes "
+                             "shipped with the package (models m-large, m-mid, m-small, deepseek-r1; "
+                             "default: servegen)")
     parser.add_argument("--shape-model", help="which model's hourly volume to follow (default: the file's first)")
     names = " or ".join(bundled.TRACES)
     parser.add_argument("--tokens-from", metavar="TRACE",
@@ -221,7 +224,7 @@ def make_trace_main(argv: list[str]) -> int:
         print("gateway make-trace: give --tokens-from, --arrivals-from or both", file=sys.stderr)
         return 2
     try:
-        hourly = read_hourly(args.hourly, args.shape_model)
+        hourly = read_hourly(bundled.hourly_path(args.hourly), args.shape_model)
         pairs = read_trace(bundled.trace_path(args.tokens_from)).pairs() if args.tokens_from else None
         arrivals = read_trace(bundled.trace_path(args.arrivals_from)) if args.arrivals_from else None
     except TraceError as e:

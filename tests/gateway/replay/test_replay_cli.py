@@ -246,3 +246,14 @@ def test_a_run_cheaper_than_the_dp_becomes_the_optimum(capsys):
     if doc["optimum"]["source"] != "dp":
         assert doc["optimum"]["dp_spend_usd"] > doc["optimum"]["spend_usd"]
         assert doc["optimum"]["source"].startswith("fixed_")
+
+
+def test_make_trace_from_the_bundled_shape_and_arrivals(tmp_path, capsys):
+    # a fresh clone can build a bursty multi-day trace with no paths: ServeGen's shape, a real hour's arrivals
+    out = tmp_path / "t.csv.gz"
+    assert make_trace_main(["--shape-model", "m-large", "--arrivals-from", "azure-code", "--hours", "3",
+                            "--mean-per-hour", "800", "--seed", "1", "--out", str(out)]) == 0
+    trace = read_trace(str(out))
+    assert 0.8 * 2400 <= len(trace) <= 1.2 * 2400
+    assert trace.span_s <= 3 * 3600
+    assert "requests over 3 h" in capsys.readouterr().out
