@@ -68,7 +68,12 @@ def _check_config(argv: list[str]) -> int:
 def _replay(argv: list[str]) -> int:
     from .replay.cli import replay_main
 
-    return replay_main(argv)
+    try:
+        return replay_main(argv)
+    except BrokenPipeError:
+        # the reader left (``gateway replay | head``): not an error; keep Python's exit flush quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _make_trace(argv: list[str]) -> int:
