@@ -27,6 +27,37 @@ _FUNCTION_INIT = {"cl100k_base": 10}
 _CACHE: dict[tuple[str, int, int], int] = {}
 _CACHE_MAX = 16384
 _CACHE_MIN_CHARS = 64  # shorter texts encode faster than a lookup pays off
+# One tiktoken call encodes at most this many characters: about 1-2 ms whatever the text (a
+# single 30M-character word costs ~0.3 us/char, linearly, in pieces this size), and far below
+# the ~1M-character whitespace run that overflows the stack of tiktoken's regex engine.
+CHUNK_CHARS = 8192
+_MAX_CUT_TRIES = 8
+
+
+def _chunks(text: str):
+    """``text`` in pieces of at most ``CHUNK_CHARS``, cut before a space that follows a
+    non-space character where there is one.
+
+    Such a cut is exact: in both encodings' split patterns a space after a non-space character
+    can only begin a pre-token, never sit inside one, so the pieces encode to the same tokens as
+    the whole. A span with no such space (one giant word, a whitespace run) is cut at the limit,
+    which can shift a token or two per cut.
+    """
+    start, n = 0, len(text)
+    while n - start > CHUNK_CHARS:
+        end = start + CHUNK_CHARS
+        cut = end
+        probe = end
+        for _ in range(_MAX_CUT_TRIES):
+            probe = text.rfind(" ", start + CHUNK_CHARS // 2, probe)
+            if probe < 0:
+                break
+            if not text[probe - 1].isspace():
+                cut = probe
+                break
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def _prepare_offline() -> None:
@@ -81,33 +112,58 @@ class TokenCounter:
     def for_model(cls, model: str, override: str | None = None) -> "TokenCounter":
         return cls(override or encoding_name_for(model))
 
-    def text(self, text: str) -> int:
+    def text(self, text: str, limit: int | None = None) -> int:
+        """Tokens of ``text``; with ``limit``, counting may stop once the count is above it
+        (the answer is then some number > ``limit``): a context fit needs no more."""
         if not text:
             return 0
+        if len(text) <= CHUNK_CHARS:
+            return self._piece(text)
+        n = 0
+        for chunk in _chunks(text):
+            n += self._piece(chunk)
+            if limit is not None and n > limit:
+                break
+        return n
+
+    def _piece(self, text: str) -> int:
         if len(text) < _CACHE_MIN_CHARS:
-            return len(self._encode(text))
+            return self._encoded_len(text)
         key = (self.name, hash(text), len(text))
         n = _CACHE.get(key)
         if n is None:
-            n = len(self._encode(text))
+            n = self._encoded_len(text)
             if len(_CACHE) >= _CACHE_MAX:
                 _CACHE.clear()  # cheap bound; the working set refills in one turn
             _CACHE[key] = n
         return n
 
-    def _content(self, content) -> int:
+    def _encoded_len(self, text: str) -> int:
+        try:
+            return len(self._encode(text))
+        except BaseException as e:  # noqa: BLE001 — pyo3's PanicException derives from BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            # tiktoken's regex engine gave up (stack, backtracking): its UTF-8 length bounds the
+            # count from above, which is the safe side for a context fit
+            return len(text.encode("utf-8", "replace"))
+
+    def _content(self, content, limit: int | None = None) -> int:
         if isinstance(content, str):
-            return self.text(content)
+            return self.text(content, limit)
         n = 0
         if isinstance(content, list):
             for part in content:
+                left = None if limit is None else limit - n
                 if isinstance(part, dict):
                     if part.get("type") == "text" or "text" in part:
-                        n += self.text(str(part.get("text") or ""))
+                        n += self.text(str(part.get("text") or ""), left)
                     elif part.get("type") == "image_url":
                         n += 85  # low-detail image; high detail is billed by tiles upstream
                 elif isinstance(part, str):
-                    n += self.text(part)
+                    n += self.text(part, left)
+                if limit is not None and n > limit:
+                    break
         return n
 
     def _tool_calls(self, calls) -> int:
@@ -118,21 +174,23 @@ class TokenCounter:
                 n += 3 + self.text(str(fn.get("name") or "")) + self.text(str(fn.get("arguments") or ""))
         return n
 
-    def messages(self, messages) -> int:
+    def messages(self, messages, limit: int | None = None) -> int:
         n = 3  # every reply is primed with <|start|>assistant<|message|>
         for m in messages if isinstance(messages, list) else ():
+            if limit is not None and n > limit:
+                break
             if not isinstance(m, dict):
                 continue
             n += 3
             for key, value in m.items():
                 if key == "content":
-                    n += self._content(value)
+                    n += self._content(value, None if limit is None else limit - n)
                 elif key == "tool_calls":
                     n += self._tool_calls(value)
                 elif key == "function_call" and isinstance(value, dict):
                     n += self._tool_calls([{"function": value}])
                 elif isinstance(value, str):
-                    n += self.text(value)
+                    n += self.text(value, None if limit is None else limit - n)
                     if key == "name":
                         n += 1
         return n
@@ -164,19 +222,29 @@ class TokenCounter:
                     n += self.text(f"{key}:{prop.get('type', '')}:{pdesc}")
         return n + 12
 
-    def chat(self, body: dict) -> int:
-        """Prompt tokens of a chat completion request body."""
-        n = self.messages(body.get("messages"))
+    def chat(self, body: dict, limit: int | None = None) -> int:
+        """Prompt tokens of a chat completion request body; ``limit`` as for ``text``."""
+        n = self.messages(body.get("messages"), limit)
+        if limit is not None and n > limit:
+            return n
         tools = body.get("tools")
         if tools is None and body.get("functions"):
             tools = [{"function": f} for f in body["functions"]]
         return n + self.tools(tools)
 
     def embedding_input(self, value) -> int:
+        """OpenAI's four shapes (str, [str], [int], [[int]]), without recursion: anything
+        nested deeper counts 0 (the proxy refuses it before it gets here)."""
         if isinstance(value, str):
             return self.text(value)
-        if isinstance(value, list):
-            if value and all(isinstance(x, int) for x in value):
-                return len(value)  # already tokens
-            return sum(self.embedding_input(x) for x in value)
-        return 0
+        if not isinstance(value, list):
+            return 0
+        n = 0
+        for x in value:
+            if isinstance(x, str):
+                n += self.text(x)
+            elif isinstance(x, int):
+                n += 1  # already a token
+            elif isinstance(x, list):
+                n += sum(1 for t in x if isinstance(t, int))
+        return n

@@ -234,3 +234,55 @@ def test_embedding_input_forms():
     assert c.embedding_input([[15339, 1917], [1, 2, 3]]) == 5  # a batch of token arrays
     assert c.embedding_input([]) == 0
     assert c.embedding_input(None) == 0
+
+
+# ---- bounded work per call (issue 8: one long word froze the loop; 1M spaces crashed tiktoken) ----
+
+def _mixed_text(n_words: int) -> str:
+    words = ["Gateway", "routes", "each", "request,", "counting", "tokens", "offline:", "42", "ms;", "\n\n",
+             "naïve", "café", "l'été", "don't", "x=1;", "—", "日本語の", "text"]
+    return " ".join(words[(i * 7) % len(words)] for i in range(n_words))
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_long_text_counted_in_pieces_matches_the_whole(name):
+    c = TokenCounter(name)
+    text = _mixed_text(40_000)  # ~250k characters: ~30 pieces, each cut before a space
+    assert len(text) > 20 * tokens.CHUNK_CHARS
+    assert c.text(text) == len(get_encoding(name).encode_ordinary(text))
+
+
+def test_pieces_are_bounded_and_cover_the_text():
+    for text in ("a" * 100_000, " " * 100_000, _mixed_text(20_000), "ab " * 40_000):
+        parts = list(tokens._chunks(text))
+        assert "".join(parts) == text
+        assert max(map(len, parts)) <= tokens.CHUNK_CHARS
+
+
+def test_a_million_spaces_do_not_crash_the_tokenizer():
+    c = TokenCounter("o200k_base")
+    n = c.text(" " * 1_200_000)  # whole, this overflows tiktoken's regex stack (a PanicException)
+    assert 0 < n <= 1_200_000
+
+
+def test_one_giant_word_is_counted_close_to_exactly():
+    c = TokenCounter("o200k_base")
+    text = "a" * 300_000
+    exact = len(get_encoding("o200k_base").encode_ordinary(text))
+    assert abs(c.text(text) - exact) <= 2 * len(list(tokens._chunks(text)))
+
+
+def test_a_limit_stops_counting_once_passed():
+    c = TokenCounter("o200k_base")
+    body = {"messages": [{"role": "user", "content": "a" * 3_000_000}] + [{"role": "user", "content": "b"}] * 1000}
+    # about 375k tokens in all; with a limit only the first pieces are counted
+    assert 8192 < c.chat(body, limit=8192) < 8192 + 2 * tokens.CHUNK_CHARS
+    small = {"messages": [{"role": "user", "content": "hello there"}]}
+    assert c.chat(small, limit=8192) == c.chat(small)
+
+
+def test_embedding_input_nested_deeply_counts_without_recursion():
+    deep = "x"
+    for _ in range(5000):
+        deep = [deep]
+    assert TokenCounter("cl100k_base").embedding_input(deep) == 0
