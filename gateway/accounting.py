@@ -41,6 +41,8 @@ class RequestRecord:
     error: str | None = None
     cost: Decimal | None = field(default=None)
     settled: bool = False
+    finished: bool = False  # counted in metrics and the access log (a crash handler checks it)
+    body_bytes: int = 0  # of the client's request: decides whether counting it runs off the loop
 
     def prompt_tokens(self) -> int:
         """The counted prompt tokens, counting now if that was deferred."""
@@ -107,6 +109,8 @@ class Accounting:
         rec.cost = self.cost_of(rec, now)
 
     def finish(self, rec: RequestRecord) -> None:
+        if rec.finished:
+            return
         self.settle(rec)
         now = self.clock()
         total_s = time.perf_counter() - rec.started
@@ -159,6 +163,7 @@ class Accounting:
         if rec.error:
             entry["error"] = rec.error
         self.access_log.write(entry)
+        rec.finished = True
 
     def _api_only(self, model: str):
         c = self._api_only_children.get(model)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from routing_policies import build_policy
 
 from .access_log import AccessLog
-from .accounting import Accounting
+from .accounting import Accounting, RequestRecord
 from .admin_routes import AdminRoutes
 from .asgi_io import send_bytes
 from .backends import build_backend
@@ -97,11 +97,15 @@ class GatewayApp:
             if handler is not None:
                 try:
                     await handler(scope, receive, send)
-                except Exception:  # noqa: BLE001 — a bug must still answer in OpenAI's shape
+                except Exception as e:  # noqa: BLE001 — a bug must still answer in OpenAI's shape
+                    # (the proxy's own routes handle theirs with the request's record)
                     log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                    rec = RequestRecord("gw-" + os.urandom(8).hex(), "", scope["path"], time.perf_counter(),
+                                        status=500, error=f"internal error ({type(e).__name__})")
+                    self.accounting.finish(rec)
                     err = GatewayError(500, "The gateway failed on this request; it is logged.", type="server_error")
                     try:
-                        await send_bytes(send, 500, err.body())
+                        await send_bytes(send, 500, err.body(), [(b"x-request-id", rec.request_id.encode())])
                     except RuntimeError:  # the response had already started: nothing more to say
                         pass
             elif scope["path"] in self._paths:

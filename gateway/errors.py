@@ -37,20 +37,3 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
-
-
-def upstream_error_body(status: int, raw: bytes) -> bytes:
-    """Pass an upstream's OpenAI-shaped error through; wrap anything else."""
-    try:
-        parsed = orjson.loads(raw)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            err = parsed["error"]
-            return error_body(
-                str(err.get("message") or "upstream error"),
-                str(err.get("type") or _TYPES.get(status, "upstream_error")),
-                err.get("param"),
-                err.get("code"),
-            )
-    except orjson.JSONDecodeError:
-        pass
-    return error_body(f"upstream returned HTTP {status}", "upstream_error", None, None)

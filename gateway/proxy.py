@@ -8,6 +8,7 @@ Bodies are forwarded as the client sent them unless the model name or
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -20,9 +21,13 @@ from .accounting import RequestRecord
 from .asgi_io import bearer_token, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .cost import Usage, display_usd, usage_from_openai
-from .errors import GatewayError, bad_request, upstream_error_body
+from .errors import GatewayError, bad_request
+from .limits import dumps, off_loop, too_deep
 from .sse_tap import SseTap
 from .tokens import TokenCounter
+from .upstream_errors import client_error_body, log_upstream_error
+
+log = logging.getLogger("gateway")
 
 SSE = (b"content-type", b"text/event-stream")
 # Bodies up to this size are counted before sending (< 0.3 ms). A larger request is
@@ -180,6 +185,14 @@ class Proxy:
         return order
 
     @staticmethod
+    async def _prompt_count(rec: RequestRecord) -> int:
+        """The full prompt count, off the loop for a large body; once."""
+        if rec.prompt_tokens_counted is None:
+            rec.prompt_tokens_counted = (await off_loop(rec.body_bytes, rec.count_prompt)
+                                         if rec.count_prompt is not None else 0)
+        return rec.prompt_tokens_counted
+
+    @staticmethod
     def _upstream_body(req: dict, raw: bytes, upstream_model: str, stream: bool) -> bytes:
         changes = {}
         if req.get("model") != upstream_model:
@@ -188,7 +201,7 @@ class Proxy:
             so = req.get("stream_options") or {}
             if not so.get("include_usage"):
                 changes["stream_options"] = {**so, "include_usage": True}
-        return orjson.dumps({**req, **changes}) if changes else raw
+        return dumps({**req, **changes}) if changes else raw
 
     def _headers(self, rec: RequestRecord, final: bool) -> list:
         h = [
@@ -211,6 +224,23 @@ class Proxy:
         self.accounting.finish(rec)
         await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
 
+    async def _crashed(self, send, rec: RequestRecord, exc: Exception) -> None:
+        """A bug in the gateway: an OpenAI-shaped 500, logged, in the metrics and the access log.
+
+        Counted once: a request already recorded (its answer was under way) keeps its record.
+        """
+        log.error("request %s failed in the gateway", rec.request_id, exc_info=exc)
+        if not rec.finished:
+            rec.status = 500
+            rec.error = f"internal error ({type(exc).__name__})"
+            self.accounting.finish(rec)
+        err = GatewayError(500, f"The gateway failed on this request (request id {rec.request_id}); it is logged.",
+                           type="server_error")
+        try:
+            await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
+        except Exception:  # noqa: BLE001 — the response had already started: nothing more to say
+            pass
+
     async def _call(self, rec, model, pinned, req, raw, stream, call):
         """Send to the chosen backend; once to the other one if it is unreachable or busy."""
         plan = self._plan(model, pinned, rec.backend)
@@ -220,6 +250,8 @@ class Proxy:
             t0 = time.perf_counter()
             try:
                 reply = await call(self.backends[route.backend], body)
+            except orjson.JSONEncodeError:  # a codec re-encoding the body (tgi): as in _upstream_body
+                raise too_deep(req) from None
             except UpstreamUnavailable as e:
                 rec.upstream_s += time.perf_counter() - t0
                 self.health.failed(route.backend)
@@ -240,7 +272,14 @@ class Proxy:
     async def chat(self, scope, receive, send) -> None:
         rec = RequestRecord(_request_id(scope), "unknown", "chat", time.perf_counter())
         try:
+            await self._chat(rec, scope, receive, send)
+        except Exception as e:  # noqa: BLE001 — a bug must still answer in OpenAI's shape, and be counted
+            await self._crashed(send, rec, e)
+
+    async def _chat(self, rec, scope, receive, send) -> None:
+        try:
             raw, req = await self._read_request(scope, receive)
+            rec.body_bytes = len(raw)
             stream, max_tokens = _check_chat(req)
             model, pinned = self._resolve(req, "chat")
             rec.model, rec.stream = model.name, stream
@@ -248,10 +287,17 @@ class Proxy:
             rec.count_prompt = lambda: counter.chat(req)
             routing_tokens = len(raw)
             counting = None
-            if routing_tokens <= EXACT_COUNT_MAX_BYTES \
-                    or routing_tokens + (max_tokens or 0) > self._tightest_window(model, pinned):
+            room = self._tightest_window(model, pinned) - (max_tokens or 0)
+            if routing_tokens <= EXACT_COUNT_MAX_BYTES:
                 routing_tokens = rec.prompt_tokens_counted = counter.chat(req)
-            elif stream:
+            elif routing_tokens > room:
+                # the size cannot prove a fit: count, but only until the count passes the room
+                # left (beyond it the answer is "too long" however long), off the loop if large
+                limit = max(0, int(room))
+                routing_tokens = await off_loop(len(raw), counter.chat, req, limit)
+                if routing_tokens <= limit:
+                    rec.prompt_tokens_counted = routing_tokens  # counted in full
+            if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
                 counting = asyncio.ensure_future(asyncio.to_thread(counter.chat, req))
@@ -271,16 +317,19 @@ class Proxy:
         elif stream:
             await self._stream(receive, send, rec, req, counter, reply)
         else:
-            await self._plain(send, rec, reply, rec.prompt_tokens,
-                              lambda parsed: counter.text(_chat_text(parsed)))
+            await self._plain(send, rec, reply, lambda parsed: counter.text(_chat_text(parsed)))
 
     async def _relay_error(self, send, rec, reply) -> None:
+        """The gateway's own words for an upstream's refusal; the upstream's go to the log."""
         rec.status = _map_upstream_status(reply.status)
         rec.error = f"upstream HTTP {reply.status}"
+        log_upstream_error(rec.backend, rec.request_id, reply.status, reply.body)
+        await self._prompt_count(rec)
         self.accounting.finish(rec)
-        await send_bytes(send, rec.status, upstream_error_body(reply.status, reply.body), self._headers(rec, False))
+        await send_bytes(send, rec.status, client_error_body(rec.backend, reply.status, rec.status, reply.body),
+                         self._headers(rec, False))
 
-    async def _plain(self, send, rec, reply, count_prompt, count_completion) -> None:
+    async def _plain(self, send, rec, reply, count_completion) -> None:
         try:
             parsed = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
@@ -292,12 +341,13 @@ class Proxy:
         if found is not None and found[0] >= 0:
             rec.usage = Usage(found[0], found[1], found[2], from_upstream=True)
         else:
-            completion = found[1] if found is not None else count_completion(parsed)
-            rec.usage = Usage(count_prompt(), completion, 0, False)
+            completion = found[1] if found is not None else await off_loop(len(reply.body), count_completion, parsed)
+            rec.usage = Usage(await self._prompt_count(rec), completion, 0, False)
         rec.status = 200
-        self.accounting.settle(rec)
-        await send_bytes(send, 200, reply.body, self._headers(rec, True))
+        # Recorded before the answer goes out: a client that reads it and scrapes /metrics at
+        # once finds its spend there (the duration then ends at the last byte handed to the server).
         self.accounting.finish(rec)
+        await send_bytes(send, 200, reply.body, self._headers(rec, True))
 
     async def _stream(self, receive, send, rec, req, counter, reply) -> None:
         so = req.get("stream_options") or {}
@@ -338,9 +388,11 @@ class Proxy:
             watcher.cancel()
             if tap.usage is not None:
                 p, c, cached = tap.usage
-                rec.usage = Usage(p if p >= 0 else rec.prompt_tokens(), c, cached, from_upstream=p >= 0)
+                rec.usage = Usage(p if p >= 0 else await self._prompt_count(rec), c, cached, from_upstream=p >= 0)
             else:
-                rec.usage = Usage(rec.prompt_tokens(), counter.text(tap.generated_text()), 0, False)
+                streamed = sum(map(len, tap.events))
+                rec.usage = Usage(await self._prompt_count(rec),
+                                  await off_loop(streamed, lambda: counter.text(tap.generated_text())), 0, False)
             self.accounting.finish(rec)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -348,9 +400,15 @@ class Proxy:
     async def embeddings(self, scope, receive, send) -> None:
         rec = RequestRecord(_request_id(scope), "unknown", "embeddings", time.perf_counter())
         try:
+            await self._embeddings(rec, scope, receive, send)
+        except Exception as e:  # noqa: BLE001 — as for chat
+            await self._crashed(send, rec, e)
+
+    async def _embeddings(self, rec, scope, receive, send) -> None:
+        try:
             raw, req = await self._read_request(scope, receive)
-            if req.get("input") in (None, "", []):
-                raise bad_request("'input' must be a non-empty string or array.", param="input")
+            rec.body_bytes = len(raw)
+            _check_embedding_input(req.get("input"))
             model, pinned = self._resolve(req, "embeddings")
             rec.model = model.name
             # counted only if the upstream does not say (see load_tokenizers); routing needs no count:
@@ -366,7 +424,19 @@ class Proxy:
         if reply.status >= 300:
             await self._relay_error(send, rec, reply)
         else:
-            await self._plain(send, rec, reply, rec.prompt_tokens, lambda parsed: 0)
+            await self._plain(send, rec, reply, lambda parsed: 0)
+
+
+def _check_embedding_input(value) -> None:
+    """OpenAI's four shapes: a string, an array of strings, of token ids, or of token-id arrays."""
+    ok = isinstance(value, str) and value != "" or isinstance(value, list) and value != [] and (
+        all(isinstance(x, str) for x in value)
+        or all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+        or all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+               for x in value))
+    if not ok:
+        raise bad_request("'input' must be a non-empty string, or a non-empty array of strings, of token ids "
+                          "(integers) or of non-empty token-id arrays.", param="input")
 
 
 def _chat_text(parsed: dict) -> str:

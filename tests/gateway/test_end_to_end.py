@@ -206,16 +206,19 @@ def test_busy_endpoint_fails_over_to_the_api_unless_pinned(openai_standin, sagem
         assert e.value.status_code == 503
 
 
-def test_endpoint_model_errors_reach_the_client_with_the_containers_status(gateway, client, sagemaker_standin):
+def test_endpoint_model_errors_reach_the_client_with_the_containers_status(gateway, client, sagemaker_standin,
+                                                                            caplog):
     sagemaker_standin.fail_next(424, {"OriginalStatusCode": 400, "OriginalMessage": "max_tokens too large",
                                       "message": "Received client error (400) from primary"})
-    with pytest.raises(openai.BadRequestError) as e:
+    with caplog.at_level("WARNING", logger="gateway"), pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
-    assert "max_tokens too large" in e.value.message
+    # the gateway's words to the client (backend, kind, status); the container's to the log
+    assert "Backend 'sagemaker' rejected the request as invalid (upstream HTTP 400)" in e.value.message
+    assert "max_tokens too large" not in e.value.message and "max_tokens too large" in caplog.text
     sagemaker_standin.endpoints.discard("standin-endpoint")  # the gateway's endpoint is gone
-    with pytest.raises(openai.InternalServerError) as e:
+    with caplog.at_level("WARNING", logger="gateway"), pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model="sagemaker/gpt-4o-mini", messages=MSG)
-    assert e.value.status_code == 502 and "not found" in e.value.message
+    assert e.value.status_code == 502 and "sagemaker" in e.value.message and "not found" in caplog.text
 
 
 def test_request_id_is_the_clients_when_sane(gateway):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import GatewayError, bad_request, error_body, upstream_error_body
+from gateway.errors import GatewayError, bad_request, error_body
+from gateway.upstream_errors import client_error_body, log_upstream_error, redact
 from gateway.health import BackendHealth
 
 KEYS = {"message", "type", "param", "code"}
@@ -56,47 +57,47 @@ def test_bad_request():
                                   "param": "messages", "code": "invalid_type"}
 
 
-# ---- upstream_error_body ------------------------------------------------------------------------
+# ---- upstream errors: the gateway's words to the client, the upstream's to the log ----------------
 
-def test_openai_error_passes_through():
-    raw = orjson.dumps({"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "requests",
-                                  "param": None, "code": "rate_limit_exceeded"}})
-    assert parsed(upstream_error_body(429, raw)) == {
-        "message": "Rate limit reached for gpt-4o-mini", "type": "requests", "param": None,
-        "code": "rate_limit_exceeded"}
-
-
-def test_openai_error_with_param_passes_through():
-    raw = orjson.dumps({"error": {"message": "Invalid 'messages'", "type": "invalid_request_error",
-                                  "param": "messages", "code": None}})
-    assert parsed(upstream_error_body(400, raw))["param"] == "messages"
+def test_an_upstream_401_names_the_backend_and_never_the_key():
+    raw = orjson.dumps({"error": {"message": "Incorrect API key provided: sk-proj-****9z7q.",
+                                  "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+    err = parsed(client_error_body("openai", 401, 502, raw))
+    assert "openai" in err["message"] and "401" in err["message"] and "credentials" in err["message"]
+    assert "sk-" not in err["message"] and err["code"] == "upstream_http_401" and err["type"] == "upstream_error"
 
 
-def test_partial_openai_error_is_completed():
-    assert parsed(upstream_error_body(429, b'{"error": {}}')) == {
-        "message": "upstream error", "type": "rate_limit_error", "param": None, "code": None}
-    assert parsed(upstream_error_body(502, b'{"error": {"message": "bad"}}'))["type"] == "upstream_error"
+def test_a_client_side_upstream_refusal_keeps_param_and_code_as_tokens_only():
+    raw = orjson.dumps({"error": {"message": "This model's maximum context length is 8192 tokens ...",
+                                  "type": "invalid_request_error", "param": "messages",
+                                  "code": "context_length_exceeded"}})
+    err = parsed(client_error_body("openai", 400, 400, raw))
+    assert (err["param"], err["code"], err["type"]) == ("messages", "context_length_exceeded", "invalid_request_error")
+    assert "maximum context" not in err["message"]
+    weird = orjson.dumps({"error": {"param": "a b <script>", "code": "x" * 200}})
+    assert parsed(client_error_body("openai", 400, 400, weird))["param"] is None
+    assert parsed(client_error_body("openai", 429, 429, b"{}"))["type"] == "rate_limit_error"
 
 
-def test_extra_fields_are_dropped():
-    raw = orjson.dumps({"error": {"message": "m", "type": "t", "param": None, "code": None, "internal": "x"},
-                        "trace": "secret-ish"})
-    body = upstream_error_body(400, raw)
-    assert b"secret-ish" not in body and b"internal" not in body
+@pytest.mark.parametrize("raw", [b"<html>502 Bad Gateway</html>", b"", b"\xff\xfe", b'{"detail": "x"}', b"[1]"])
+def test_any_upstream_body_becomes_the_gateways_own_error(raw):
+    assert parsed(client_error_body("sagemaker", 500, 502, raw)) == {
+        "message": "Backend 'sagemaker' failed (upstream HTTP 500).", "type": "upstream_error", "param": None,
+        "code": "upstream_http_500"}
 
 
-@pytest.mark.parametrize("raw", [
-    b"<html><body>502 Bad Gateway</body></html>",
-    b"",
-    b"\xff\xfe not utf-8",
-    b'{"detail": "Not Found"}',  # JSON, but not OpenAI's shape
-    b'{"error": "a string, not an object"}',
-    b"[1, 2]",
-    b"null",
-])
-def test_anything_else_is_wrapped(raw):
-    assert parsed(upstream_error_body(502, raw)) == {
-        "message": "upstream returned HTTP 502", "type": "upstream_error", "param": None, "code": None}
+@pytest.mark.parametrize("secret", ["sk-proj-abcdEFGH1234567890", "AKIAIOSFODNN7EXAMPLE", "Bearer eyJhbGciOi.abc.def",
+                                    "api_key=hunter2hunter2", '"token": "t0k3n-value"',
+                                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"])
+def test_key_like_strings_are_redacted_for_the_log(secret):
+    value = secret.split("=")[-1].split(": ")[-1].strip('"').removeprefix("Bearer ")
+    assert value not in redact(f"upstream said: {secret} (see docs)")
+
+
+def test_the_upstreams_words_go_to_the_log_redacted(caplog):
+    with caplog.at_level("WARNING", logger="gateway"):
+        log_upstream_error("openai", "gw-1", 401, b'{"error": {"message": "Incorrect API key provided: sk-proj-9z7q9z7q"}}')
+    assert "Incorrect API key provided" in caplog.text and "9z7q9z7q" not in caplog.text and "gw-1" in caplog.text
 
 
 # ---- BackendHealth ------------------------------------------------------------------------------
