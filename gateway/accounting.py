@@ -43,6 +43,7 @@ class RequestRecord:
     settled: bool = False
     finished: bool = False  # counted in metrics and the access log (a crash handler checks it)
     body_bytes: int = 0  # of the client's request: decides whether counting it runs off the loop
+    large_body: bool = False  # holds a place in the proxy's LargeBodyGate
 
     def prompt_tokens(self) -> int:
         """The counted prompt tokens, counting now if that was deferred."""

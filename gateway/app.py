@@ -248,6 +248,7 @@ class GatewayApp:
         for part in (self.live, self.accounting, self.endpoint_clock, self.proxy, self.planner):
             part.config = config
         self.accounting.reindex_prices()
+        self.proxy.large_bodies.limit = config.server.max_large_bodies
         for name, actuator in self.actuators.items():  # new bounds, cooldown and dry_run apply too
             actuator.cfg = config.backends[name]
             actuator.dry_run = config.routing.dry_run

@@ -6,10 +6,13 @@ from .errors import GatewayError
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 JSON = (b"content-type", b"application/json")
+TIMED_OUT = "gateway.read_timed_out"  # set in the ASGI scope when the body's deadline passed (http_protocol)
 
 
 async def read_body(receive, limit: int = MAX_BODY_BYTES) -> bytes:
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise GatewayError(400, "client disconnected before the request body was complete")
     body = message.get("body", b"")
     if not message.get("more_body"):
         return body
@@ -37,6 +40,14 @@ async def send_bytes(send, status: int, body: bytes, headers: list | None = None
 
 async def send_error(send, err: GatewayError, headers: list | None = None) -> None:
     await send_bytes(send, err.status, err.body(), headers)
+
+
+def content_length(scope) -> int | None:
+    value = header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def header(scope, name: bytes) -> bytes | None:

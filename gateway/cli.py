@@ -46,10 +46,12 @@ def _serve(argv: list[str]) -> int:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
     import uvicorn
 
+    from .http_protocol import DeadlineHttpToolsProtocol
+
     uvicorn.run(
         "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
-        timeout_graceful_shutdown=30,
+        loop="uvloop", http=DeadlineHttpToolsProtocol, lifespan="on", access_log=False, log_level=args.log_level,
+        timeout_graceful_shutdown=30, limit_concurrency=cfg.server.max_connections,
     )
     return 0
 

@@ -120,6 +120,13 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     access_log: bool = True
+    # A client that has not sent a request's headers (body) this many seconds after it began
+    # gets a 408 and its connection closed: slow senders cannot hold connections open.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 2048  # open connections (and requests in flight) per worker; beyond: 503
+    # Bodies over 1 MiB held at once per worker (each costs up to ~4x its size while handled); beyond: 503
+    max_large_bodies: int = 8
 
 
 @dataclass(frozen=True)
@@ -379,6 +386,10 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         port=vr.get("port", int, 8080, minimum=0),
         workers=vr.get("workers", int, 1, minimum=1),
         access_log=vr.get("access_log", bool, True),
+        header_timeout_s=vr.get("header_timeout_s", float, 10.0, minimum=0.1),
+        body_timeout_s=vr.get("body_timeout_s", float, 60.0, minimum=0.1),
+        max_connections=vr.get("max_connections", int, 2048, minimum=1),
+        max_large_bodies=vr.get("max_large_bodies", int, 8, minimum=1),
     )
     vr.reject_unknown()
     root.reject_unknown()

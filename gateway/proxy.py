@@ -18,11 +18,11 @@ import orjson
 from routing_policies.rules import in_service
 
 from .accounting import RequestRecord
-from .asgi_io import bearer_token, header, read_body, send_bytes, send_error
+from .asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_length, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .cost import Usage, display_usd, usage_from_openai
 from .errors import GatewayError, bad_request
-from .limits import dumps, off_loop, too_deep
+from .limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
 from .sse_tap import SseTap
 from .tokens import TokenCounter
 from .upstream_errors import client_error_body, log_upstream_error
@@ -118,6 +118,7 @@ class Proxy:
         self.accounting = accounting
         self.health = health
         self._counters: dict[str, TokenCounter] = {}
+        self.large_bodies = LargeBodyGate(config.server.max_large_bodies)
 
     # -- shared steps --------------------------------------------------------
     def _authorize(self, scope) -> None:
@@ -125,10 +126,30 @@ class Proxy:
         if keys and bearer_token(scope) not in keys:
             raise GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
 
-    async def _read_request(self, scope, receive) -> tuple[bytes, dict]:
-        """The raw body and its JSON object, once the key was checked (before reading the body)."""
+    async def _read_request(self, scope, receive, rec) -> tuple[bytes, dict]:
+        """The raw body and its JSON object, once the key was checked (before reading the body).
+
+        A large body is admitted (``rec.large_body``) before it is read when its length is
+        declared, else once read; the handler's wrapper releases it when the request is over.
+        """
         self._authorize(scope)
-        raw = await read_body(receive)
+        declared = content_length(scope)
+        if declared is not None and declared > MAX_BODY_BYTES:
+            raise GatewayError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        if declared is not None and declared > LARGE_BODY_BYTES:
+            self.large_bodies.admit()
+            rec.large_body = True
+        try:
+            raw = await read_body(receive)
+        except GatewayError:
+            phase = scope.get(TIMED_OUT)
+            if phase:
+                raise GatewayError(408, f"The request's {phase} did not arrive in time.", code="request_timeout") from None
+            raise
+        if len(raw) > LARGE_BODY_BYTES and not rec.large_body:
+            self.large_bodies.admit()
+            rec.large_body = True
+        rec.body_bytes = len(raw)
         return raw, _parse(raw)
 
     def _resolve(self, req: dict, kind: str):
@@ -275,11 +296,13 @@ class Proxy:
             await self._chat(rec, scope, receive, send)
         except Exception as e:  # noqa: BLE001 — a bug must still answer in OpenAI's shape, and be counted
             await self._crashed(send, rec, e)
+        finally:
+            if rec.large_body:
+                self.large_bodies.release()
 
     async def _chat(self, rec, scope, receive, send) -> None:
         try:
-            raw, req = await self._read_request(scope, receive)
-            rec.body_bytes = len(raw)
+            raw, req = await self._read_request(scope, receive, rec)
             stream, max_tokens = _check_chat(req)
             model, pinned = self._resolve(req, "chat")
             rec.model, rec.stream = model.name, stream
@@ -403,11 +426,13 @@ class Proxy:
             await self._embeddings(rec, scope, receive, send)
         except Exception as e:  # noqa: BLE001 — as for chat
             await self._crashed(send, rec, e)
+        finally:
+            if rec.large_body:
+                self.large_bodies.release()
 
     async def _embeddings(self, rec, scope, receive, send) -> None:
         try:
-            raw, req = await self._read_request(scope, receive)
-            rec.body_bytes = len(raw)
+            raw, req = await self._read_request(scope, receive, rec)
             _check_embedding_input(req.get("input"))
             model, pinned = self._resolve(req, "embeddings")
             rec.model = model.name

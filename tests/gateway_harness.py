@@ -20,6 +20,7 @@ import uvicorn
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.http_protocol import DeadlineHttpToolsProtocol
 from redis_server import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,8 +99,8 @@ class RunningGateway:
         self.log = CapturedLog()
         self.app = create_app(config, access_log=AccessLog(io.BufferedWriter(self.log)), **parts)
         self._server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, loop="asyncio", http="httptools", lifespan="on",
-            log_level="warning", access_log=False,
+            self.app, host="127.0.0.1", port=0, loop="asyncio", http=DeadlineHttpToolsProtocol, lifespan="on",
+            log_level="warning", access_log=False, limit_concurrency=config.server.max_connections,
         ))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,89 @@
+"""uvicorn's httptools protocol with deadlines for reading a request.
+
+uvicorn times out idle keep-alive connections but not a request that is arriving: a
+client sending its headers or body a byte at a time holds a connection (and, for the
+body, a request task) for as long as it likes. Here a request's headers must be complete
+``server.header_timeout_s`` after its first byte (or after the connection opened) and its
+body ``server.body_timeout_s`` after its headers; past that the client gets an
+OpenAI-shaped 408 and the connection is closed. The limits are read from the running
+app's config on every request, so a reload applies them.
+
+    uvicorn.run(app, http=DeadlineHttpToolsProtocol, ...)
+"""
+from __future__ import annotations
+
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .asgi_io import TIMED_OUT
+from .config import ServerConfig
+from .errors import GatewayError
+
+log = logging.getLogger("gateway")
+_DEFAULTS = ServerConfig()
+
+
+def _server_config(app) -> ServerConfig:
+    """The gateway's ``server`` section, through whatever middleware uvicorn wrapped around it."""
+    for _ in range(8):
+        cfg = getattr(getattr(app, "config", None), "server", None)
+        if isinstance(cfg, ServerConfig):
+            return cfg
+        app = getattr(app, "app", None)
+    return _DEFAULTS
+
+
+class DeadlineHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._read_deadline = None
+        self._arm("headers")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._read_deadline is None:  # a keep-alive connection's next request
+            self._arm("headers")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._disarm()
+        self._arm("body")
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, phase: str) -> None:
+        cfg = _server_config(self.app)
+        seconds = cfg.header_timeout_s if phase == "headers" else cfg.body_timeout_s
+        self._read_deadline = self.loop.call_later(seconds, self._expired, phase, seconds)
+
+    def _disarm(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _expired(self, phase: str, seconds: float) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        log.warning("closed a connection from %s: request %s not complete after %g s", self._peer(), phase, seconds)
+        cycle = self.cycle if phase == "body" else None
+        if cycle is not None:
+            cycle.scope[TIMED_OUT] = phase  # the handler waiting for the body records a 408
+        if cycle is None or not cycle.response_started:
+            err = GatewayError(408, f"The request's {phase} did not arrive within {seconds:g} s.",
+                               code="request_timeout")
+            body = err.body()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: " + str(len(body)).encode()
+                                 + b"\r\n\r\n" + body)
+        self.transport.close()  # the waiting handler sees a disconnect; what it sends then goes nowhere
+
+    def _peer(self) -> str:
+        return "%s:%d" % self.client if self.client else "?"
