@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import tempfile
@@ -31,6 +32,10 @@ def _serve(argv: list[str]) -> int:
         return 2
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
+    refusal = keyless_refusal(cfg, host, args.config)
+    if refusal:
+        print(f"gateway: {refusal}", file=sys.stderr)
+        return 2
     workers = args.workers or cfg.server.workers
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
     # The *_created series double what Prometheus stores and nothing here reads them.
@@ -54,6 +59,25 @@ def _serve(argv: list[str]) -> int:
         timeout_graceful_shutdown=30, limit_concurrency=cfg.server.max_connections,
     )
     return 0
+
+
+def keyless_refusal(cfg, host: str, path: str) -> str | None:
+    """Why the gateway will not serve on ``host`` with this config, or None (secure by default)."""
+    if cfg.auth.keys or cfg.auth.allow_keyless_network or _is_loopback(host):
+        return None
+    return (f"refusing to serve on {host} with no gateway keys: anyone who can reach it could spend on your "
+            f"upstreams and reload its config. Set {cfg.auth.keys_env} (comma-separated keys) and "
+            f"{cfg.auth.admin_keys_env}, or serve on 127.0.0.1, or set auth.allow_keyless_network: true in "
+            f"{path} if the network in front of it already authenticates")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _check_config(argv: list[str]) -> int:

@@ -105,6 +105,11 @@ class AuthConfig:
     admin_keys: frozenset[str] = field(default=frozenset(), repr=False)
     keys_env: str = "GATEWAY_API_KEYS"
     admin_keys_env: str = "GATEWAY_ADMIN_KEYS"
+    # Set: /metrics answers only these keys (or an admin key). Empty: /metrics is open.
+    metrics_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    metrics_keys_env: str = "GATEWAY_METRICS_KEYS"
+    # Without client keys the gateway serves only on a loopback address unless this is true.
+    allow_keyless_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,8 +374,10 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     ar = root.sub("auth")
     keys_env = ar.get("keys_env", str, "GATEWAY_API_KEYS")
     admin_env = ar.get("admin_keys_env", str, "GATEWAY_ADMIN_KEYS")
+    metrics_env = ar.get("metrics_keys_env", str, "GATEWAY_METRICS_KEYS")
+    auth = AuthConfig(_keys(env, keys_env), _keys(env, admin_env), keys_env, admin_env,
+                      _keys(env, metrics_env), metrics_env, ar.get("allow_keyless_network", bool, False))
     ar.reject_unknown()
-    auth = AuthConfig(_keys(env, keys_env), _keys(env, admin_env), keys_env, admin_env)
 
     sr = root.sub("state")
     state = StateConfig(

@@ -28,6 +28,11 @@ class OpsRoutes:
         await send_bytes(send, 200 if ready else 503, orjson.dumps(body))
 
     async def metrics(self, scope, receive, send) -> None:
+        auth = self.app.config.auth
+        if auth.metrics_keys and bearer_token(scope) not in auth.metrics_keys | auth.admin_keys:
+            err = GatewayError(401, "Invalid or missing metrics key.", code="invalid_api_key")
+            await send_bytes(send, 401, err.body())
+            return
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import CollectorRegistry, multiprocess
 
