@@ -38,6 +38,11 @@ from .synth import read_hourly, synthesize, synthesize_from_arrivals
 from .trace import TraceError, read_trace, write_trace
 
 
+# the policy and the baselines an operator would weigh it against; always_selfhosted is fixed_<max>
+# and first_healthy ignores the economics: both on request (--policy)
+DEFAULT_POLICIES = ("break_even", "always_api", "fixed")
+
+
 def _value(text: str):
     """``0.15`` → float, ``900`` → int, ``true`` → bool, anything else stays a string."""
     try:
@@ -101,7 +106,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                              "gpt-4o-mini prices)")
     parser.add_argument("--model", help="model to replay as (default: first chat model with openai+sagemaker routes)")
     parser.add_argument("--policy", action="append", choices=policy_names(),
-                        help="policy to replay (repeatable; default: all)")
+                        help="policy to replay (repeatable; default: " + ", ".join(DEFAULT_POLICIES) +
+                             "; fixed runs every instance count within the bounds)")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="policy parameter, applied to every asked policy that takes it (repeatable)")
     parser.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
@@ -181,7 +187,7 @@ def replay_main(argv: list[str]) -> int:
         for combo in itertools.product(*sweep.values()):
             runs.append((name, {**base, **dict(zip(sweep, combo))}))
     else:
-        for name in args.policy or policy_names():
+        for name in args.policy or DEFAULT_POLICIES:
             if name == "fixed" and "instances" not in overrides:
                 # every count an operator could pin: fixed_1 ... fixed_<max_instances>
                 spec = setup.endpoint

@@ -61,8 +61,10 @@ def replay_json(files, capsys, *extra):
 def test_replay_json_reports_every_policy_against_the_optimum(files, capsys):
     doc = replay_json(files, capsys)
     by_policy = {r["policy"]: r for r in doc["results"]}
-    assert {"always_api", "always_selfhosted", "break_even", "first_healthy"} <= set(by_policy)
-    assert by_policy["always_selfhosted"]["spend_usd"] == pytest.approx(0.215)  # see test_replay_simulator
+    # by default: the policy, always_api and fixed_k for every k in the bounds (here 0..1: fixed_1)
+    assert set(by_policy) == {"always_api", "break_even", "fixed_1"}
+    assert by_policy["fixed_1"]["spend_usd"] == pytest.approx(0.215)  # always_selfhosted in test_replay_simulator
+    assert doc["best_static"]["policy"] == "fixed_1"
     assert by_policy["always_api"]["spend_usd"] == pytest.approx(0.546)
     assert doc["optimum"]["spend_usd"] == pytest.approx(0.215)
     assert by_policy["always_api"]["ratio_to_optimum"] == pytest.approx(0.546 / 0.215, abs=1e-4)
