@@ -88,6 +88,7 @@ class GatewayApp:
         }
         self._paths = {path for _, path in self.routes}
         self.started = False
+        self.in_flight = 0  # requests being handled (shutdown reports those the grace cut off)
         self._ticker: asyncio.Task | None = None
         self._loaded_mtime = self._config_mtime()
 
@@ -95,6 +96,7 @@ class GatewayApp:
         if scope["type"] == "http":
             handler = self.routes.get((scope["method"], scope["path"]))
             if handler is not None:
+                self.in_flight += 1
                 try:
                     await handler(scope, receive, send)
                 except Exception as e:  # noqa: BLE001 — a bug must still answer in OpenAI's shape
@@ -108,6 +110,8 @@ class GatewayApp:
                         await send_bytes(send, 500, err.body(), [(b"x-request-id", rec.request_id.encode())])
                     except RuntimeError:  # the response had already started: nothing more to say
                         pass
+                finally:
+                    self.in_flight -= 1
             elif scope["path"] in self._paths:
                 await send_bytes(send, 405, GatewayError(405, f"Method {scope['method']} not allowed.").body())
             else:
@@ -153,7 +157,14 @@ class GatewayApp:
         self.started = True
 
     async def shutdown(self) -> None:
+        """After the server stopped accepting and in-flight requests finished (or the grace ran out)."""
         self.started = False
+        if self.in_flight:
+            log.warning("shutting down with %d request(s) still in flight after server.shutdown_grace_s (%g s): "
+                        "they are cut off; what they used so far is recorded", self.in_flight,
+                        self.config.server.shutdown_grace_s)
+        else:
+            log.info("shutting down: no request in flight")
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._control_tasks):
@@ -163,6 +174,8 @@ class GatewayApp:
         for backend in self.backends.values():
             await backend.close()
         self.access_log.flush()
+        log.warning("shutdown complete: endpoint time and spend flushed to the %s state store, access log flushed",
+                    self.store.kind)
 
     async def tick(self) -> None:
         """Every ``state.flush_interval_s`` (1 s): accrue endpoint time, sync shared state, refresh routing."""

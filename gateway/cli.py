@@ -56,7 +56,7 @@ def _serve(argv: list[str]) -> int:
     uvicorn.run(
         "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http=DeadlineHttpToolsProtocol, lifespan="on", access_log=False, log_level=args.log_level,
-        timeout_graceful_shutdown=30, limit_concurrency=cfg.server.max_connections,
+        timeout_graceful_shutdown=cfg.server.shutdown_grace_s, limit_concurrency=cfg.server.max_connections,
     )
     return 0
 

@@ -132,6 +132,7 @@ class ServerConfig:
     max_connections: int = 2048  # open connections (and requests in flight) per worker; beyond: 503
     # Bodies over 1 MiB held at once per worker (each costs up to ~4x its size while handled); beyond: 503
     max_large_bodies: int = 8
+    shutdown_grace_s: float = 30.0  # SIGTERM: in-flight requests and streams get this long to finish
 
 
 @dataclass(frozen=True)
@@ -397,6 +398,7 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         body_timeout_s=vr.get("body_timeout_s", float, 60.0, minimum=0.1),
         max_connections=vr.get("max_connections", int, 2048, minimum=1),
         max_large_bodies=vr.get("max_large_bodies", int, 8, minimum=1),
+        shutdown_grace_s=vr.get("shutdown_grace_s", float, 30.0, minimum=0),
     )
     vr.reject_unknown()
     root.reject_unknown()
