@@ -24,14 +24,18 @@ log = logging.getLogger("gateway")
 _DEFAULTS = ServerConfig()
 
 
-def _server_config(app) -> ServerConfig:
-    """The gateway's ``server`` section, through whatever middleware uvicorn wrapped around it."""
+def _gateway(app):
+    """The gateway app (it has ``config.server``) inside whatever middleware uvicorn wrapped around it."""
     for _ in range(8):
-        cfg = getattr(getattr(app, "config", None), "server", None)
-        if isinstance(cfg, ServerConfig):
-            return cfg
+        if isinstance(getattr(getattr(app, "config", None), "server", None), ServerConfig):
+            return app
         app = getattr(app, "app", None)
-    return _DEFAULTS
+    return None
+
+
+def _server_config(app) -> ServerConfig:
+    gw = _gateway(app)
+    return gw.config.server if gw is not None else _DEFAULTS
 
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
@@ -72,8 +76,14 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._read_deadline = None
         if self.transport.is_closing():
             return
-        log.warning("closed a connection from %s: request %s not complete after %g s", self._peer(), phase, seconds)
+        # INFO, not WARNING: a flood of slow clients must not flood the log; the count is in /metrics
+        log.info("closed a connection from %s: request %s not complete after %g s", self._peer(), phase, seconds)
         cycle = self.cycle if phase == "body" else None
+        gw = _gateway(self.app)
+        if cycle is None and gw is not None and hasattr(gw, "metrics"):
+            # no handler runs for a request whose headers never came: counted here (a body
+            # timeout is counted by the handler that was waiting for it)
+            gw.metrics.route("none", "").status(408).inc()
         if cycle is not None:
             cycle.scope[TIMED_OUT] = phase  # the handler waiting for the body records a 408
         if cycle is None or not cycle.response_started:

@@ -77,6 +77,7 @@ def test_headers_sent_byte_by_byte_get_a_408_and_the_connection_closed(slow_gate
     status, err = _error_of(answer)
     assert status == 408 and err["code"] == "request_timeout" and "headers" in err["message"]
     assert HEADER_TIMEOUT_S * 0.5 < took < HEADER_TIMEOUT_S + MARGIN_S
+    assert slow_gateway.sample("gateway_requests_total", backend="none", model="", status="408") == 1
 
 
 def test_a_connection_that_sends_nothing_is_closed(slow_gateway):
