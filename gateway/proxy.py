@@ -36,7 +36,9 @@ SSE = (b"content-type", b"text/event-stream")
 # upstream's usage prices it anyway (a stream's count is needed for its headers: it is
 # made in a thread while the upstream works). Every UTF-8 byte of text is at most one token, and the
 # JSON around each message outweighs the chat format's few tokens of overhead, so the body
-# length bounds the prompt tokens from above.
+# length bounds the prompt tokens from above. When it cannot prove a fit, the count stops
+# once it passes the room left in the window (a 30 MB prompt costs ~8k tokens of counting)
+# and runs off the loop for a large body (see limits.py).
 EXACT_COUNT_MAX_BYTES = 4096
 NO_CACHE = (b"cache-control", b"no-cache")
 # Answers that say "not now" rather than "bad request": worth one try on the other backend.
