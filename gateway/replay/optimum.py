@@ -66,7 +66,8 @@ def floor_with(optimum: Optimum, results) -> Optimum:
     cheapest schedule known, and the report says so (``source``, ``dp_spend_usd``).
     """
     cheaper = min(results, key=lambda r: r.spend_usd, default=None)
-    if cheaper is None or cheaper.spend_usd >= optimum.spend_usd:
+    # a micro-dollar of float noise between the DP's sum and the simulator's is not a better schedule
+    if cheaper is None or cheaper.spend_usd >= optimum.spend_usd - 1e-6:
         return optimum
     name = cheaper.policy + (f" {cheaper.params}" if cheaper.params else "")
     return Optimum(cheaper.spend_usd, cheaper.api_spend_usd, cheaper.endpoint_spend_usd, cheaper.instance_hours,
