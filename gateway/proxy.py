@@ -293,10 +293,14 @@ class Proxy:
 
     # -- POST /v1/chat/completions ---------------------------------------------
     async def chat(self, scope, receive, send) -> None:
-        rec = RequestRecord(_request_id(scope), "unknown", "chat", time.perf_counter())
+        await self._guarded("chat", self._chat, scope, receive, send)
+
+    async def _guarded(self, kind: str, handle, scope, receive, send) -> None:
+        """Run one request's handler: a bug must still answer in OpenAI's shape and be counted."""
+        rec = RequestRecord(_request_id(scope), "unknown", kind, time.perf_counter())
         try:
-            await self._chat(rec, scope, receive, send)
-        except Exception as e:  # noqa: BLE001 — a bug must still answer in OpenAI's shape, and be counted
+            await handle(rec, scope, receive, send)
+        except Exception as e:  # noqa: BLE001 — see the docstring
             await self._crashed(send, rec, e)
         finally:
             if rec.large_body:
@@ -423,14 +427,7 @@ class Proxy:
 
     # -- POST /v1/embeddings ---------------------------------------------------
     async def embeddings(self, scope, receive, send) -> None:
-        rec = RequestRecord(_request_id(scope), "unknown", "embeddings", time.perf_counter())
-        try:
-            await self._embeddings(rec, scope, receive, send)
-        except Exception as e:  # noqa: BLE001 — as for chat
-            await self._crashed(send, rec, e)
-        finally:
-            if rec.large_body:
-                self.large_bodies.release()
+        await self._guarded("embeddings", self._embeddings, scope, receive, send)
 
     async def _embeddings(self, rec, scope, receive, send) -> None:
         try:
