@@ -17,20 +17,20 @@ from prometheus_client import CollectorRegistry
 from routing_policies import build_policy
 
 from .access_log import AccessLog
-from .accounting import Accounting, RequestRecord
-from .admin_routes import AdminRoutes
-from .asgi_io import send_bytes
+from .spend.accounting import Accounting, RequestRecord
+from .routes.admin import AdminRoutes
+from .http.asgi_io import send_bytes
 from .backends import build_backend
-from .capacity_planner import CapacityPlanner, PlanState
+from .routing.planner import CapacityPlanner, PlanState
 from .config import ConfigError, GatewayConfig, load_config
-from .endpoint_clock import EndpointClock
-from .endpoint_control import CapacityActuator, EndpointPoller, log_unconfirmed
-from .endpoint_state import EndpointStatus
-from .errors import GatewayError
-from .health import BackendHealth
-from .live_routing import LiveRouting
+from .endpoint.clock import EndpointClock
+from .endpoint.control import CapacityActuator, EndpointPoller, log_unconfirmed
+from .endpoint.state import EndpointStatus
+from .http.errors import GatewayError
+from .routes.health import BackendHealth
+from .routing.live import LiveRouting
 from .metrics import GatewayMetrics
-from .ops_routes import OpsRoutes
+from .routes.ops import OpsRoutes
 from .proxy import Proxy
 from .state import build_store
 

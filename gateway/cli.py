@@ -51,7 +51,7 @@ def _serve(argv: list[str]) -> int:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
     import uvicorn
 
-    from .http_protocol import DeadlineHttpToolsProtocol
+    from .http.protocol import DeadlineHttpToolsProtocol
 
     uvicorn.run(
         "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import cost_map
+from .spend import cost_map
 
 
 class ConfigError(ValueError):

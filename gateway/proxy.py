@@ -17,15 +17,15 @@ import orjson
 
 from routing_policies.rules import in_service
 
-from .accounting import RequestRecord
-from .asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_length, header, read_body, send_bytes, send_error
+from .spend.accounting import RequestRecord
+from .http.asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_length, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
-from .cost import Usage, display_usd, usage_from_openai
-from .errors import GatewayError, bad_request
-from .limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
+from .spend.cost import Usage, display_usd, usage_from_openai
+from .http.errors import GatewayError, bad_request
+from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
 from .sse_tap import SseTap
 from .tokens import TokenCounter
-from .upstream_errors import client_error_body, log_upstream_error
+from .http.upstream_errors import client_error_body, log_upstream_error
 
 log = logging.getLogger("gateway")
 

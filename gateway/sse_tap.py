@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-from .cost import usage_from_openai
+from .spend.cost import usage_from_openai
 
 _SEP = b"\n\n"
 

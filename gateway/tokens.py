@@ -14,7 +14,7 @@ import ctypes
 import os
 import threading
 
-from .cost_map import litellm_dir
+from .spend.cost_map import litellm_dir
 
 DEFAULT_ENCODING = "o200k_base"
 _LOCK = threading.Lock()

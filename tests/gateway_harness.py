@@ -20,7 +20,7 @@ import uvicorn
 from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.http_protocol import DeadlineHttpToolsProtocol
+from gateway.http.protocol import DeadlineHttpToolsProtocol
 from redis_server import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

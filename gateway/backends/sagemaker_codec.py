@@ -14,7 +14,7 @@ import uuid
 
 import orjson
 
-from ..errors import error_body
+from ..http.errors import error_body
 from .base import UpstreamUnavailable
 
 

@@ -29,7 +29,7 @@ import yaml
 from routing_policies import TokenPrices, build_policy, policy_names
 
 from ..config import PriceSpec
-from ..policy_inputs import token_prices
+from ..routing.inputs import token_prices
 from . import bundled
 from .optimum import floor_with, hindsight_optimum
 from .report import TextProgress, render_json, render_text, summarize
@@ -78,7 +78,7 @@ def _params_for(name: str, cfg, overrides: dict) -> dict:
 def parse_api_prices(text: str) -> TokenPrices:
     """``--api-prices INPUT,OUTPUT[,CACHED_INPUT]`` in USD per 1M tokens → TokenPrices (USD per token).
 
-    Read as Decimal and converted as the config's prices are (``policy_inputs.token_prices``),
+    Read as Decimal and converted as the config's prices are (``routing.inputs.token_prices``),
     so ``--api-prices 0.15,0.60`` replays exactly like gpt-4o-mini's configured prices.
     """
     try:

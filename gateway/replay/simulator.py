@@ -11,7 +11,7 @@ The simulated world, and why it matches the live gateway:
   and counting them made the endpoint look profitable on long-prompt traffic
   (Mooncake: 46 % of requests are too long for 8k, and they are the prompt-heavy ones).
   ``ReplaySetup.window_traffic="all"`` counts every request instead, as the live
-  gateway's ``capacity_planner.sum_windows`` does today. The simulated endpoint then
+  gateway's ``routing.planner.sum_windows`` does today. The simulated endpoint then
   *follows* the decision, as if actuation were on: new instances are billed at once and
   serve ``startup_s`` later; removed instances stop billing at once, youngest (still
   starting) first.
@@ -56,8 +56,8 @@ from routing_policies import (
 from routing_policies.admission import FluidBacklog
 from routing_policies.base import LoadMoments
 
-from ..policy_inputs import endpoint_spec, token_prices
-from ..volume import MOMENT_BUCKETS_S
+from ..routing.inputs import endpoint_spec, token_prices
+from ..state.volume import MOMENT_BUCKETS_S
 from .trace import Trace
 
 Progress = Callable[[int, int], None]  # (requests done, total)

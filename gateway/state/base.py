@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Callable, ClassVar, Mapping, Protocol
 
-from ..volume import VolumeBuckets
+from .volume import VolumeBuckets
 
 
 class StateStore(Protocol):

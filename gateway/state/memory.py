@@ -5,7 +5,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import ClassVar
 
-from ..volume import VolumeBuckets, bucket_of
+from .volume import VolumeBuckets, bucket_of
 from .base import register
 
 

@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from ..volume import BUCKET_S, HORIZON_S, VolumeBuckets, bucket_of
+from .volume import BUCKET_S, HORIZON_S, VolumeBuckets, bucket_of
 from .base import register
 
 log = logging.getLogger(__name__)

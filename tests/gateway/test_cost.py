@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from gateway import cost_map
+from gateway.spend import cost_map
 from gateway.config import PriceSpec
-from gateway.cost import Usage, api_cost, display_usd, endpoint_share, usage_from_openai
+from gateway.spend.cost import Usage, api_cost, display_usd, endpoint_share, usage_from_openai
 
 # gpt-4o-mini, USD per 1M tokens
 MINI = PriceSpec(input=Decimal("0.15"), output=Decimal("0.60"), cached_input=Decimal("0.075"))

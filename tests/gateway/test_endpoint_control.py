@@ -19,8 +19,8 @@ from moto.backends import get_backend
 from aws_standin import ACCOUNT, REGION, make_endpoint
 
 from gateway.config import SageMakerBackendConfig
-from gateway.endpoint_control import CapacityActuator, EndpointPoller, unconfirmed_reason
-from gateway.endpoint_state import EndpointStatus
+from gateway.endpoint.control import CapacityActuator, EndpointPoller, unconfirmed_reason
+from gateway.endpoint.state import EndpointStatus
 
 
 
@@ -376,7 +376,7 @@ def test_cut_down_model_matches_botocores_for_the_calls_made():
 
     import botocore.loaders
 
-    from gateway.endpoint_control import AWS_MODELS_DIR
+    from gateway.endpoint.control import AWS_MODELS_DIR
 
     loader = botocore.loaders.Loader()
     version = loader.determine_latest_version("sagemaker", "service-2")

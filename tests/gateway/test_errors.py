@@ -4,9 +4,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import GatewayError, bad_request, error_body
-from gateway.upstream_errors import client_error_body, log_upstream_error, redact
-from gateway.health import BackendHealth
+from gateway.http.errors import GatewayError, bad_request, error_body
+from gateway.http.upstream_errors import client_error_body, log_upstream_error, redact
+from gateway.routes.health import BackendHealth
 
 KEYS = {"message", "type", "param", "code"}
 

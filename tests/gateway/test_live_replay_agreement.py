@@ -4,7 +4,7 @@ Both sides are the real code, nothing mocked:
 
 * replay: ``gateway.replay.simulator.simulate`` with ``break_even`` in a spy that records every
   ``CapacityContext`` and ``CapacityDecision`` it is handed and gives, and every request's route;
-* live: ``gateway.capacity_planner.CapacityPlanner`` over the in-process ``MemoryStore``. Each
+* live: ``gateway.routing.planner.CapacityPlanner`` over the in-process ``MemoryStore``. Each
   request is recorded by ``Accounting.settle`` (the live gateway's own recording: the request's
   row and, if it fits the endpoint, its ``fitting_key`` row) on a clock that reads the request's
   trace timestamp, with the backend the replay routed it to; at each of the replay's capacity
@@ -43,13 +43,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.access_log import AccessLog
-from gateway.accounting import Accounting, RequestRecord
-from gateway.capacity_planner import CapacityPlanner
+from gateway.spend.accounting import Accounting, RequestRecord
+from gateway.routing.planner import CapacityPlanner
 from gateway.config import parse_config
-from gateway.cost import Usage
-from gateway.endpoint_state import EndpointStatus
+from gateway.spend.cost import Usage
+from gateway.endpoint.state import EndpointStatus
 from gateway.metrics import GatewayMetrics
-from gateway.policy_inputs import endpoint_spec, token_prices
+from gateway.routing.inputs import endpoint_spec, token_prices
 from gateway.replay.simulator import setup_from_config, simulate
 from gateway.replay.synth import synthesize_from_arrivals
 from gateway.replay.trace import read_trace

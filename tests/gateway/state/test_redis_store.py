@@ -16,7 +16,7 @@ from gateway.config import StateConfig
 from gateway.state import build_store
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import BUCKET_TTL_S, RedisStore, hash_tag
-from gateway.volume import BUCKET_S, WINDOWS_S
+from gateway.state.volume import BUCKET_S, WINDOWS_S
 from redis_server import FaultyProxy
 
 T0 = 1_700_000_000.0  # unix s, a bucket boundary

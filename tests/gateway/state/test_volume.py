@@ -1,9 +1,9 @@
-"""gateway/volume.py: bucketed sliding windows (pure, no I/O)."""
+"""gateway/state/volume.py: bucketed sliding windows (pure, no I/O)."""
 from __future__ import annotations
 
 import pytest
 
-from gateway.volume import BUCKET_S, HORIZON_S, WINDOWS_S, VolumeBuckets, bucket_of
+from gateway.state.volume import BUCKET_S, HORIZON_S, WINDOWS_S, VolumeBuckets, bucket_of
 
 T0 = 1_700_000_000.0  # a bucket boundary (unix s), so offsets below read as seconds into it
 assert T0 % BUCKET_S == 0

@@ -23,8 +23,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from .config import SageMakerBackendConfig
-from .endpoint_state import EndpointStatus
+from ..config import SageMakerBackendConfig
+from .state import EndpointStatus
 
 log = logging.getLogger("gateway.endpoint_control")
 
@@ -34,7 +34,7 @@ _UPDATE = "UpdateEndpointWeightsAndCapacities"
 
 # botocore's SageMaker model cut down to the two calls made here (scripts/trim_aws_model.py):
 # the full model costs ~26 MB per process once loaded, the cut one ~1 MB.
-AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aws_models")
+AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aws_models")
 
 
 def sagemaker_client(region: str) -> Any:

@@ -14,8 +14,8 @@ from dataclasses import replace
 
 from routing_policies import CapacityContext, CapacityDecision, VolumeWindow
 
-from .policy_inputs import endpoint_spec, models_served_by, reference_api_prices
-from .volume import WINDOWS_S, fitting_key, load_moments
+from .inputs import endpoint_spec, models_served_by, reference_api_prices
+from ..state.volume import WINDOWS_S, fitting_key, load_moments
 
 log = logging.getLogger("gateway.capacity")
 

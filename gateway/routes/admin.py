@@ -10,11 +10,11 @@ from decimal import Decimal
 
 import orjson
 
-from .accounting import API_ONLY
-from .asgi_io import bearer_token, send_bytes
-from .cost import display_usd
-from .errors import GatewayError
-from .volume import WINDOWS_S
+from ..spend.accounting import API_ONLY
+from ..http.asgi_io import bearer_token, send_bytes
+from ..spend.cost import display_usd
+from ..http.errors import GatewayError
+from ..state.volume import WINDOWS_S
 
 
 class AdminRoutes:

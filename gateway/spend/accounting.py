@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Callable
 
 from .cost import Usage, api_cost, display_usd, endpoint_share
-from .policy_inputs import endpoint_spec, reference_price_spec
-from .volume import fitting_key
+from ..routing.inputs import endpoint_spec, reference_price_spec
+from ..state.volume import fitting_key
 
 _HOUR = Decimal(3600)
 API_ONLY = "(api-only)"  # ledger line: what the same traffic would have cost on the API alone

@@ -8,9 +8,9 @@ from __future__ import annotations
 from routing_policies import API, ENDPOINT, BackendView, Decision, RequestContext
 from routing_policies.admission import FluidBacklog
 
-from .endpoint_state import EndpointStatus
-from .policy_inputs import endpoint_spec, token_prices
-from .volume import BUCKET_S
+from ..endpoint.state import EndpointStatus
+from .inputs import endpoint_spec, token_prices
+from ..state.volume import BUCKET_S
 
 # How far back the backlog is rebuilt from the volume buckets: it drains within max_queue_s
 # of full throughput, so a few times that is enough (and bounded work per refresh).

@@ -1,7 +1,7 @@
 """What a request costs, in Decimal USD.
 
 API: tokens × the backend's prices (cached prompt tokens at their own price).
-Endpoint: the money is instance time (see ``endpoint_clock``); a request is
+Endpoint: the money is instance time (see ``endpoint.clock``); a request is
 attributed its share of the last window's endpoint cost, by capacity tokens,
 so that chargeback adds up to what the endpoint costs.
 """

@@ -17,7 +17,7 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .asgi_io import TIMED_OUT
-from .config import ServerConfig
+from ..config import ServerConfig
 from .errors import GatewayError
 
 log = logging.getLogger("gateway")

@@ -6,7 +6,7 @@ from .errors import GatewayError
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 JSON = (b"content-type", b"application/json")
-TIMED_OUT = "gateway.read_timed_out"  # set in the ASGI scope when the body's deadline passed (http_protocol)
+TIMED_OUT = "gateway.read_timed_out"  # set in the ASGI scope when the body's deadline passed (http.protocol)
 
 
 async def read_body(receive, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -6,8 +6,8 @@ import os
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .asgi_io import bearer_token, send_bytes
-from .errors import GatewayError
+from ..http.asgi_io import bearer_token, send_bytes
+from ..http.errors import GatewayError
 
 
 class OpsRoutes:
