@@ -64,44 +64,34 @@ class VolumeBuckets:
         for b in [b for b in self.buckets if b < oldest]:
             del self.buckets[b]
 
-    def loads(self, now: float, seconds: float, weight: float, backend: str | None = None,
-              models: tuple[str, ...] | None = None) -> dict[int, float]:
-        """Capacity tokens (completion + ``weight`` × prompt) per bucket of the last ``seconds``.
+    def _rows(self, now: float, seconds: float, backend: str | None, models: tuple[str, ...] | None):
+        """(bucket, [requests, prompt, completion]) of the matching rows of the last ``seconds``.
 
-        ``models`` None: every client model's rows; else exactly these model keys.
+        ``models`` None: every client model's rows (not the derived ones); else exactly these keys.
         """
-        current = bucket_of(now)
-        first = first_bucket(now, seconds)
-        out: dict[int, float] = {}
-        for b in range(first, current + 1):
-            rows = self.buckets.get(b)
-            if not rows:
-                continue
-            x = 0.0
-            for (kb, km), row in rows.items():
+        for b in range(first_bucket(now, seconds), bucket_of(now) + 1):
+            for (kb, km), row in self.buckets.get(b, {}).items():
                 if (backend is None or kb == backend) and (km in models if models is not None
                                                             else not km.startswith(DERIVED)):
-                    x += row[2] + weight * row[1]
-            if x:
-                out[b] = x
-        return out
+                    yield b, row
+
+    def loads(self, now: float, seconds: float, weight: float, backend: str | None = None,
+              models: tuple[str, ...] | None = None) -> dict[int, float]:
+        """Capacity tokens (completion + ``weight`` × prompt) per bucket of the last ``seconds``."""
+        out: dict[int, float] = {}
+        for b, row in self._rows(now, seconds, backend, models):
+            out[b] = out.get(b, 0.0) + row[2] + weight * row[1]
+        return {b: x for b, x in out.items() if x}
 
     def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None) -> VolumeWindow:
         """Traffic of the last ``seconds`` (whole buckets, the current one included)."""
-        current = bucket_of(now)
-        first = first_bucket(now, seconds)
         r = p = c = 0.0
-        for b in range(first, current + 1):
-            rows = self.buckets.get(b)
-            if not rows:
-                continue
-            for (kb, km), row in rows.items():
-                if (backend is None or kb == backend) and (km == model if model is not None
-                                                            else not km.startswith(DERIVED)):
-                    r += row[0]
-                    p += row[1]
-                    c += row[2]
+        for _, row in self._rows(now, seconds, backend, None if model is None else (model,)):
+            r += row[0]
+            p += row[1]
+            c += row[2]
         # the current bucket is partly elapsed: measure the window by what has elapsed
+        current, first = bucket_of(now), first_bucket(now, seconds)
         span = (current - first) * BUCKET_S + (now - current * BUCKET_S)
         return VolumeWindow(seconds=max(span, 1.0), requests=r, prompt_tokens=p, completion_tokens=c)
 
