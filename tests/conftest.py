@@ -37,11 +37,12 @@ sys.modules["uvloop"] = None  # type: ignore[assignment]
 
 import pytest  # noqa: E402
 
-# Import the stand-ins as "standins" under every pytest import mode (prepend, importlib, rootdir).
+# The shared helpers (aws_standin, gateway_harness, redis_server) import by name under every pytest
+# import mode (prepend, importlib, rootdir).
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from standins.openai_server import OpenAIStandIn  # noqa: E402
-from standins.sagemaker_server import SageMakerStandIn  # noqa: E402
+from gateway.standins.openai_server import OpenAIStandIn  # noqa: E402
+from gateway.standins.sagemaker_server import SageMakerStandIn  # noqa: E402
 
 
 class NetworkAccessBlocked(ConnectionRefusedError):

@@ -14,8 +14,8 @@ from gateway_harness import RunningGateway, build_config, standin_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from standins.openai_server import OpenAIStandIn
-from standins.sagemaker_server import SageMakerStandIn
+from gateway.standins.openai_server import OpenAIStandIn
+from gateway.standins.sagemaker_server import SageMakerStandIn
 
 KEY = "fuzz-key"
 ERROR_FIELDS = {"message", "type", "param", "code"}

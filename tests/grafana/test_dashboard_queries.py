@@ -96,8 +96,8 @@ def real_gateway_metrics_source():
     """
     from gateway_harness import RunningGateway, build_config, standin_config
     from openai import OpenAI
-    from standins.openai_server import OpenAIStandIn
-    from standins.sagemaker_server import SageMakerStandIn
+    from gateway.standins.openai_server import OpenAIStandIn
+    from gateway.standins.sagemaker_server import SageMakerStandIn
 
     with OpenAIStandIn() as api, SageMakerStandIn() as endpoint:
         data = standin_config(api, endpoint, routing={"policy": "break_even", "capacity_interval_s": 0.5})

@@ -1,4 +1,7 @@
-"""Stand-in upstream servers for tests, and the vocabulary tests use to script and inspect them.
+"""Stand-in upstream servers (OpenAI API, SageMaker runtime) on 127.0.0.1, and how to script them.
+
+The tests and `gateway demo` both run them: they speak the real wire formats, so what works
+against them works against the real services.
 
 The servers live in `openai_server` (OpenAI API) and `sagemaker_server` (SageMaker runtime);
 tests usually get them from the `openai_standin` / `sagemaker_standin` fixtures.

@@ -17,7 +17,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .openai_server import OpenAIStandIn
+from gateway.standins.openai_server import OpenAIStandIn
 
 MESSAGES = [{"role": "user", "content": "Say hello to the stand-in, please."}]
 
