@@ -113,6 +113,17 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """Virtual keys (gateway.keys): the server secret their hashes are keyed with, and limits."""
+
+    secret_env: str = "GATEWAY_KEY_SECRET"
+    secret: str = field(default="", repr=False)
+    default_max_tokens: int = 4096  # completion tokens reserved when a request sends no max_tokens
+    on_redis_down: str = "allow"  # allow: this replica's view decides; deny: 503 until Redis is back
+    tags: frozenset[str] = frozenset()  # values of x-gateway-tags kept as a metric label
+
+
+@dataclass(frozen=True)
 class StateConfig:
     redis_url: str | None = None
     key_prefix: str = "gw"
@@ -144,6 +155,7 @@ class GatewayConfig:
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
     path: str = "<memory>"
+    keys: KeysConfig = KeysConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -401,8 +413,24 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         shutdown_grace_s=vr.get("shutdown_grace_s", float, 30.0, minimum=0),
     )
     vr.reject_unknown()
+    keys = _keys_section(root.sub("keys"), env)
     root.reject_unknown()
-    return GatewayConfig(backends, models, routing, auth, state, server, path)
+    return GatewayConfig(backends, models, routing, auth, state, server, path, keys)
+
+
+def _keys_section(kr: "_Reader", env: Mapping[str, str]) -> KeysConfig:
+    if "secret" in kr.data:
+        raise kr.error("secret", "secrets must come from the environment: name the variable with secret_env")
+    secret_env = kr.get("secret_env", str, "GATEWAY_KEY_SECRET")
+    tags = kr.data.get("tags") or []
+    kr.used.add("tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise kr.error("tags", "expected a list of tag names")
+    cfg = KeysConfig(secret_env, env.get(secret_env, ""),
+                     kr.get("default_max_tokens", int, 4096, minimum=1),
+                     kr.get("on_redis_down", str, "allow", choices=("allow", "deny")), frozenset(tags))
+    kr.reject_unknown()
+    return cfg
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfig:

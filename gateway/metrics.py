@@ -69,6 +69,18 @@ class GatewayMetrics:
             "gateway_volume_requests_per_hour", "Recent request volume, all replicas, by window.",
             ("model", "window"), registry=registry, multiprocess_mode="max",
         )
+        self.key_spend = Counter(
+            "gateway_key_spend_usd", "Cost of requests made with each virtual key, USD.", ("key_alias", "team"),
+            registry=registry,
+        )
+        self.tag_spend = Counter(
+            "gateway_tag_spend_usd", "Cost of virtual-key requests by x-gateway-tags value (configured set), USD.",
+            ("tag",), registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            "gateway_budget_remaining_usd", "Budget left in the current period, all replicas, USD.",
+            ("scope", "name"), registry=registry, multiprocess_mode="min",
+        )
         self._per_route: dict[tuple[str, str], "RouteMetrics"] = {}
 
     def route(self, backend: str, model: str) -> "RouteMetrics":

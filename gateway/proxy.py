@@ -24,6 +24,7 @@ from .spend.cost import Usage, display_usd, usage_from_openai
 from .http.errors import GatewayError, bad_request
 from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
 from .sse_tap import SseTap
+from .keys import KeyService
 from .tokens import TokenCounter
 from .http.upstream_errors import client_error_body, log_upstream_error
 
@@ -113,8 +114,9 @@ async def _wait_disconnect(receive, on_gone) -> None:
 
 
 class Proxy:
-    def __init__(self, config, backends, live, accounting, health):
+    def __init__(self, config, backends, live, accounting, health, keys=None):
         self.config = config
+        self.keys = keys if keys is not None else KeyService(config)
         self.backends = backends
         self.live = live
         self.accounting = accounting
@@ -123,10 +125,11 @@ class Proxy:
         self.large_bodies = LargeBodyGate(config.server.max_large_bodies)
 
     # -- shared steps --------------------------------------------------------
-    def _authorize(self, scope) -> None:
-        keys = self.config.auth.keys
-        if keys and bearer_token(scope) not in keys:
-            raise GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
+    def _authorize(self, scope, rec) -> None:
+        """A GATEWAY_API_KEYS key, or a virtual key (``rec.grant``: budgets and limits apply)."""
+        rec.grant = self.keys.authenticate(bearer_token(scope))
+        if rec.grant is not None:
+            rec.tag = self.keys.tag_of(header(scope, b"x-gateway-tags"))
 
     async def _read_request(self, scope, receive, rec) -> tuple[bytes, dict]:
         """The raw body and its JSON object, once the key was checked (before reading the body).
@@ -134,7 +137,7 @@ class Proxy:
         A large body is admitted (``rec.large_body``) before it is read when its length is
         declared, else once read; the handler's wrapper releases it when the request is over.
         """
-        self._authorize(scope)
+        self._authorize(scope, rec)
         declared = content_length(scope)
         if declared is not None and declared > MAX_BODY_BYTES:
             raise GatewayError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
@@ -245,7 +248,7 @@ class Proxy:
         rec.status = err.status
         rec.error = err.message
         self.accounting.finish(rec)
-        await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
+        await send_error(send, err, [*getattr(err, "headers", ()), (b"x-request-id", rec.request_id.encode())])
 
     async def _crashed(self, send, rec: RequestRecord, exc: Exception) -> None:
         """A bug in the gateway: an OpenAI-shaped 500, logged, in the metrics and the access log.
@@ -303,6 +306,7 @@ class Proxy:
         except Exception as e:  # noqa: BLE001 — see the docstring
             await self._crashed(send, rec, e)
         finally:
+            self.keys.settle(rec)  # every kind and path: the reservation becomes the real cost
             if rec.large_body:
                 self.large_bodies.release()
 
@@ -326,6 +330,7 @@ class Proxy:
                 routing_tokens = await off_loop(len(raw), counter.chat, req, limit)
                 if routing_tokens <= limit:
                     rec.prompt_tokens_counted = routing_tokens  # counted in full
+            await self.keys.admit(rec, rec.grant, model, routing_tokens, max_tokens)
             if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
@@ -440,6 +445,7 @@ class Proxy:
             rec.count_prompt = lambda: self._counter(model).embedding_input(req.get("input"))
             decision = self.live.decide(model.name, pinned, 0, None, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
+            await self.keys.admit(rec, rec.grant, model, rec.body_bytes, 0)  # bytes bound the input tokens
             reply = await self._call(rec, model, pinned, req, raw, False,
                                      lambda b, body: b.embeddings(body))
         except GatewayError as e:

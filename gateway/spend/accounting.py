@@ -44,6 +44,8 @@ class RequestRecord:
     finished: bool = False  # counted in metrics and the access log (a crash handler checks it)
     body_bytes: int = 0  # of the client's request: decides whether counting it runs off the loop
     large_body: bool = False  # holds a place in the proxy's LargeBodyGate
+    grant: object = None  # gateway.keys.Grant of a virtual key (settled by the proxy)
+    tag: str | None = None  # x-gateway-tags value from the configured set
 
     def prompt_tokens(self) -> int:
         """The counted prompt tokens, counting now if that was deferred."""
@@ -159,6 +161,10 @@ class Accounting:
             "upstream_ms": round(rec.upstream_s * 1000, 3),
             "ttft_ms": round(rec.ttft_s * 1000, 3) if rec.ttft_s is not None else None,
         }
+        if rec.grant is not None:
+            entry["key_alias"], entry["team"] = rec.grant.record.alias, rec.grant.record.team
+        if rec.tag is not None:
+            entry["tag"] = rec.tag
         if rec.client_gone:
             entry["client_disconnected"] = True
         if rec.error:
