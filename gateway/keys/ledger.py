@@ -109,7 +109,7 @@ class MemoryLedger:
     async def put_team(self, team) -> None:
         self._teams[team.name] = team
 
-    async def reserve(self, r: Reservation, exists: bool) -> tuple:
+    async def reserve(self, r: Reservation, exists: bool, local_ok: bool = True) -> tuple:
         return self.local.reserve(r, exists)
 
     def settle(self, slot: str, delta_nanos: int, ttl_s: int) -> None:

@@ -38,8 +38,9 @@ from .records import KeyRecord, TeamRecord, _budget
 log = logging.getLogger(__name__)
 SEQ_TTL_S = 7 * 86400
 
-# KEYS: keys hash, key spend, team spend, requests zset, tokens zset (spend keys may be
-# unused placeholders).  ARGV: alias, member, now_ms, reserve, tokens, key_budget,
+# KEYS: keys hash, key spend, team spend, requests zset, tokens zset, marker (spend keys
+# may be unused placeholders). The marker says "this reservation ran" for MARKER_MS: a
+# call whose reply was lost is settled by the next batch according to it.  ARGV: alias, member, now_ms, reserve, tokens, key_budget,
 # team_budget, rpm, tpm (-1 = none), key ttl, team ttl (0 = none), window_ms.
 _RESERVE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'revoked'} end
@@ -83,19 +84,35 @@ if rpm >= 0 or tpm >= 0 then
   redis.call('PEXPIRE', KEYS[4], window + 1000)
   redis.call('PEXPIRE', KEYS[5], window + 1000)
 end
+if reserve > 0 then redis.call('SET', KEYS[6], '1', 'PX', ARGV[13]) end
 return {'ok'}
 """
 
-# KEYS: seq, spend keys...  ARGV: seq, seq_ttl, then per spend key: delta, ttl (0 = none).
+# KEYS: seq, n spend keys, then per unsure reservation: its marker and its m spend keys.
+# ARGV: seq, seq_ttl, n, per spend key: delta, ttl (0 = none); then per unsure
+# reservation: m, reserved nano-USD. An unsure reservation (its reply was lost) is
+# counted locally too: if its marker says it also ran in Redis, it is taken back once.
 _SETTLE = """
 if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-for k = 2, #KEYS do
-  redis.call('INCRBY', KEYS[k], ARGV[2 * k - 1])
-  if tonumber(ARGV[2 * k]) > 0 then redis.call('EXPIRE', KEYS[k], ARGV[2 * k]) end
+local ki, ai = 2, 4
+for j = 1, tonumber(ARGV[3]) do
+  redis.call('INCRBY', KEYS[ki], ARGV[ai])
+  if tonumber(ARGV[ai + 1]) > 0 then redis.call('EXPIRE', KEYS[ki], ARGV[ai + 1]) end
+  ki, ai = ki + 1, ai + 2
+end
+while ki <= #KEYS do
+  local ran = redis.call('DEL', KEYS[ki]) == 1
+  local m, reserved = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
+  ki, ai = ki + 1, ai + 2
+  for s = 1, m do
+    if ran then redis.call('DECRBY', KEYS[ki], reserved) end
+    ki = ki + 1
+  end
 end
 return 1
 """
+MARKER_MS = 60_000  # outlives the lost reply's script by far more than one sync interval
 
 
 class RedisLedger:
@@ -112,7 +129,8 @@ class RedisLedger:
         self.local = LocalLedger()  # the view: Redis as last read + what this process reserved since
         self._pending: dict[str, int] = defaultdict(int)  # slot -> nano-USD not yet pushed
         self._ttl: dict[str, int] = {}
-        self._outstanding: tuple[int, dict[str, int]] | None = None
+        self._outstanding: tuple[int, dict[str, int], list] | None = None
+        self._unsure: list[tuple[str, tuple[str, ...], int]] = []  # (marker, slots, reserved nano-USD)
         self._seq = 0
         self.healthy = True
         self._down_since = 0.0
@@ -137,7 +155,7 @@ class RedisLedger:
                     break
             if self._outstanding or any(self._pending.values()):
                 log.error("key ledger closed with unpushed spend (Redis unreachable): %d nano-USD lost",
-                          sum(self._pending.values()) + sum((self._outstanding or (0, {}))[1].values()))
+                          sum(self._pending.values()) + sum((self._outstanding or (0, {}, []))[1].values()))
             await self._redis.aclose()
             self._redis = None
 
@@ -160,16 +178,17 @@ class RedisLedger:
         await self._redis.hset(self._k_teams, team.name, orjson.dumps(team.public()))
 
     # -- request path --------------------------------------------------------------------
-    async def reserve(self, r: Reservation, exists: bool) -> tuple:
+    async def reserve(self, r: Reservation, exists: bool, local_ok: bool = True) -> tuple:
         """One script call; while Redis is down, this process's view decides (and the
         reservation is pushed with the settlement once Redis is back)."""
         if self.healthy and self._redis is not None:
+            marker = f"{self.tag}:kr:{r.member}"
             keys = [self._k_keys, r.key_slot or f"{self.tag}:none", r.team_slot or f"{self.tag}:none",
-                    f"{self.tag}:krq:{r.alias}", f"{self.tag}:ktk:{r.alias}"]
+                    f"{self.tag}:krq:{r.alias}", f"{self.tag}:ktk:{r.alias}", marker]
             args = [r.alias, r.member, r.now_ms, r.reserve_nanos, r.tokens,
                     _or(r.key_budget, r.key_slot), _or(r.team_budget, r.team_slot),
                     -1 if r.rpm is None else r.rpm, -1 if r.tpm is None else r.tpm,
-                    r.slot_ttl_s, r.team_ttl_s, WINDOW_MS]
+                    r.slot_ttl_s, r.team_ttl_s, WINDOW_MS, MARKER_MS]
             try:
                 try:
                     verdict = await self._redis.evalsha(self._sha.get("reserve", ""), len(keys), *keys, *args)
@@ -178,6 +197,9 @@ class RedisLedger:
                     verdict = await self._redis.evalsha(self._sha["reserve"], len(keys), *keys, *args)
             except (RedisError, OSError) as exc:
                 self._down(exc)
+                slots = tuple(s for s in (r.key_slot, r.team_slot) if s is not None)
+                if r.reserve_nanos and slots and not isinstance(exc, NoScriptError):
+                    self._unsure.append((marker, slots, r.reserve_nanos))  # it may have run: see _SETTLE
             else:
                 verdict = tuple(verdict)
                 if verdict[0] == "ok":
@@ -185,6 +207,8 @@ class RedisLedger:
                         if slot is not None:
                             self.local.add(slot, r.reserve_nanos)
                 return verdict
+        if not local_ok:
+            return ("unavailable",)
         verdict = self.local.reserve(r, exists)
         if verdict[0] == "ok":
             for slot, ttl in ((r.key_slot, r.slot_ttl_s), (r.team_slot, r.team_ttl_s)):
@@ -254,18 +278,22 @@ class RedisLedger:
     def _batch(self):
         if self._outstanding is None:
             deltas = {slot: n for slot, n in self._pending.items() if n}
+            unsure, self._unsure = self._unsure, []
             self._pending = defaultdict(int)
-            if deltas:
+            if deltas or unsure:
                 self._seq += 1
-                self._outstanding = (self._seq, deltas)
+                self._outstanding = (self._seq, deltas, unsure)
         return self._outstanding
 
     def _settle_args(self, batch) -> list:
-        seq, deltas = batch
+        seq, deltas, unsure = batch
         keys = [self._k_seq, *deltas]
-        args = [seq, SEQ_TTL_S]
+        args = [seq, SEQ_TTL_S, len(deltas)]
         for slot, n in deltas.items():
             args += [n, self._ttl.get(slot, 0)]
+        for marker, slots, reserved in unsure:
+            keys += [marker, *slots]
+            args += [len(slots), reserved]
         return [len(keys), *keys, *args]
 
     def _down(self, exc) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -146,14 +147,15 @@ class KeyService:
         key_slot, key_ttl = self._slot("key", key.alias, key.budget_period, now)
         team_slot, team_ttl = (self._slot("team", team.name, team.budget_period, now) if team is not None
                                else (None, 0))
-        r = Reservation(key.alias, rec.request_id, int(now * 1000), reserve, prompt_tokens + out,
+        # unique per reservation: a client's repeated x-request-id must not merge rpm entries
+        r = Reservation(key.alias, f"{rec.request_id}.{os.urandom(4).hex()}", int(now * 1000), reserve, prompt_tokens + out,
                         key_slot, key.budget_nanos, team_slot, team.budget_nanos if team else None,
                         key.rpm, key.tpm, key_ttl, team_ttl)
-        if not self.ledger.healthy and self.config.keys.on_redis_down == "deny":
+        verdict = await self.ledger.reserve(r, key.alias in self.keys, self.config.keys.on_redis_down == "allow")
+        kind = verdict[0]
+        if kind == "unavailable":
             raise GatewayError(503, "Budgets cannot be checked right now (shared state unreachable); retry "
                                "shortly.", type="server_error", code="budget_unavailable")
-        verdict = await self.ledger.reserve(r, key.alias in self.keys)
-        kind = verdict[0]
         if kind == "ok":
             grant.reserved = reserve
             grant.slots = tuple((s, t) for s, t in ((key_slot, key_ttl), (team_slot, team_ttl)) if s is not None)

@@ -1,0 +1,82 @@
+"""Two `gateway serve` processes on one real Redis: a budget, rpm and a revocation hold across both."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import httpx
+import pytest
+import yaml
+from gateway_harness import ServedGateway, wait_until
+from keys_helpers import MSG, SECRET_ENV, admin, create_key, keys_config
+
+
+@pytest.fixture
+def two_gateways(openai_standin, redis_server, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(keys_config(openai_standin, state={"redis_url": redis_server.url})))
+    env = {"STANDIN_OPENAI_KEY": openai_standin.api_key, **SECRET_ENV}
+    with ServedGateway(path, env) as a, ServedGateway(path, env) as b:
+        yield a, b
+
+
+def _chat(gw, key, **extra) -> httpx.Response:
+    return httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": f"Bearer {key}"},
+                      json={"model": "gpt-4o-mini", "messages": MSG, **extra}, timeout=30)
+
+
+def test_a_burst_through_both_spends_at_most_budget_plus_one_request(two_gateways, openai_standin):
+    a, b = two_gateways
+    openai_standin.script(prompt_tokens=10, completion_tokens=20, delay=0.05)  # 0.000225 USD each
+    budget = Decimal("0.002")
+    key = create_key(a.url, alias="burst", budget_usd=str(budget), budget_period="month")
+    assert admin(b.url, "GET", "/admin/keys/burst").status_code == 200  # B reloads its records now
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: _chat((a, b)[i % 2], key, max_tokens=40), range(40)))
+    ok = [r for r in replies if r.status_code == 200]
+    refused = [r for r in replies if r.status_code != 200]
+    assert refused and all(r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" for r in refused)
+    assert "'burst'" in refused[0].json()["error"]["message"]
+    costs = [Decimal(r.headers["x-gateway-cost-usd"]) for r in ok]
+    spent = sum(costs)
+    assert budget <= spent <= budget + max(costs), "more than one request past the budget"
+    served_by = {gw.url: sum(Decimal(r.headers["x-gateway-cost-usd"]) for i, r in enumerate(replies)
+                             if r.status_code == 200 and (a, b)[i % 2] is gw) for gw in (a, b)}
+    assert all(served_by.values()), "the burst did not go through both replicas"
+
+    def reported(gw):
+        return Decimal(admin(gw.url, "GET", "/admin/keys/burst").json()["spend_usd"])
+
+    # either replica reports what both served, to the micro-dollar
+    micro = Decimal("0.000001")
+    assert wait_until(lambda: all(abs(reported(gw) - spent) < micro for gw in (a, b))), \
+        [reported(gw) for gw in (a, b)]
+    assert all(_chat(gw, key).status_code == 429 for gw in (a, b))
+
+
+def test_rpm_holds_across_both_and_says_when_to_retry(two_gateways):
+    a, b = two_gateways
+    key = create_key(a.url, alias="slow", rpm=5)
+    assert admin(b.url, "GET", "/admin/keys/slow").status_code == 200  # B reloads its records now
+    replies = [_chat((a, b)[i % 2], key) for i in range(8)]
+    assert [r.status_code for r in replies] == [200] * 5 + [429] * 3
+    r = replies[-1]
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert r.headers["x-ratelimit-limit-requests"] == "5" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+    listed = admin(b.url, "GET", "/admin/keys/slow").json()
+    assert listed["rpm"] == 5
+
+
+def test_revocation_reaches_both_within_two_seconds(two_gateways):
+    a, b = two_gateways
+    key = create_key(a.url, alias="leaky")
+    assert wait_until(lambda: _chat(b, key).status_code == 200, timeout=5), "B never learned the new key"
+    assert _chat(a, key).status_code == 200
+    assert admin(a.url, "DELETE", "/admin/keys/leaky").status_code == 200
+    revoked = time.monotonic()
+    assert wait_until(lambda: _chat(a, key).status_code == 401 and _chat(b, key).status_code == 401, timeout=2.0)
+    assert time.monotonic() - revoked <= 2.0
+    assert admin(b.url, "GET", "/admin/keys/leaky").status_code == 404
