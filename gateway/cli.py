@@ -108,13 +108,20 @@ def _make_trace(argv: list[str]) -> int:
     return make_trace_main(argv)
 
 
-COMMANDS = {"serve": _serve, "replay": _replay, "make-trace": _make_trace, "check-config": _check_config}
+def _keys(argv: list[str]) -> int:
+    from .keys.cli import keys_main
+
+    return keys_main(argv)
+
+
+COMMANDS = {"serve": _serve, "replay": _replay, "make-trace": _make_trace, "check-config": _check_config,
+            "keys": _keys}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        print("usage: gateway {serve,replay,make-trace,check-config} [options]  (--help on each)", file=sys.stderr)
+        print("usage: gateway {serve,replay,make-trace,check-config,keys} [options]  (--help on each)", file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])
 

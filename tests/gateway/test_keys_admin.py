@@ -125,3 +125,33 @@ def test_daily_budget_stops_the_key_and_resets_at_utc_midnight(openai_standin):
         client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=30)
         after = admin(gw.url, "GET", "/admin/keys/daily").json()
         assert Decimal(after["spend_usd"]) == costs[0] and after["resets_at"] == "2026-04-02T00:00:00Z"
+
+
+def test_cli_creates_lists_and_revokes_over_the_admin_api(openai_standin):
+    import subprocess
+    import sys
+
+    from gateway_harness import ROOT
+
+    with _gateway(openai_standin) as gw:
+        env = {**__import__("os").environ, "GATEWAY_URL": gw.url, "GATEWAY_ADMIN_KEY": ADMIN}
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "gateway.cli", "keys", *args], capture_output=True,
+                                  text=True, timeout=60, cwd=ROOT, env=env)
+
+        made = cli("create", "--alias", "cli-key", "--budget-usd", "2.5", "--period", "week", "--rpm", "60")
+        assert made.returncode == 0, made.stderr
+        import json
+        secret = json.loads(made.stdout)["key"]
+        _client(gw, secret).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        listed = cli("list")
+        assert "cli-key" in listed.stdout and "budget_usd=2.5/week" in listed.stdout and secret not in listed.stdout
+        assert cli("revoke", "cli-key").returncode == 0
+        with pytest.raises(openai.AuthenticationError):
+            _client(gw, secret).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        gone = cli("revoke", "cli-key")
+        assert gone.returncode == 1 and "No key with alias" in gone.stderr
+        refused = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "list"], capture_output=True,
+                                 text=True, timeout=60, cwd=ROOT, env={**env, "GATEWAY_ADMIN_KEY": "wrong"})
+        assert refused.returncode == 1 and "admin key" in refused.stderr
