@@ -54,6 +54,18 @@ GATEWAY_CONFIG = os.path.join(HERE, "gateway_bench.yaml")
 GATEWAY_ENV = {"AWS_ACCESS_KEY_ID": "AKIDBENCH", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true", "BENCH_UPSTREAM_KEY": "sk-mock"}
 
+BENCH_ADMIN_KEY = "adm-bench-1234"
+
+
+def create_virtual_key(url: str, fields: dict) -> str:
+    """POST /admin/keys on a started gateway; the secret it answers is the target's api key."""
+    req = urllib.request.Request(url + "/admin/keys", data=json.dumps(fields).encode(), method="POST",
+                                 headers={"authorization": "Bearer " + BENCH_ADMIN_KEY,
+                                          "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)["key"]
+
+
 LITELLM_PRESETS = {
     # name: (config file, extra env)
     "default": ("litellm_default.yaml", {}),
@@ -468,6 +480,8 @@ def main():
     ap.add_argument("--ours", action="store_true", help="benchmark this gateway (one worker, bench/gateway_bench.yaml)")
     ap.add_argument("--ours-workers", type=int, action="append", default=[],
                     help="also benchmark this gateway with N workers and Redis state (repeatable)")
+    ap.add_argument("--ours-key", action="store_true",
+                    help="also ours-w1-redis-key: 1 worker on Redis, every request on a virtual key with a budget and rpm")
     ap.add_argument("--ours-workers-cpus", default=None,
                     help="CPUs for the multi-worker gateway (default: all; it then shares a core with the client)")
     ap.add_argument("--gateway-venv", default=DEFAULT_GATEWAY_VENV, help="venv with this gateway installed")
@@ -553,7 +567,8 @@ def main():
         port = free_port_from(port + 1)
     gw_version = None
     redis_prefix = "gwbench-" + time.strftime("%Y%m%d%H%M%S")
-    for workers, shared in ([(1, False)] if a.ours else []) + [(n, True) for n in a.ours_workers]:
+    for workers, shared in ([(1, False)] if a.ours else []) + [(n, True) for n in a.ours_workers] + (
+            [(1, "key")] if a.ours_key else []):
         gw_bin = os.path.join(a.gateway_venv, "bin", "gateway")
         if not os.path.exists(gw_bin):
             raise SystemExit("no gateway at %s: run bench/run.sh (it builds the venv) or pass --gateway-venv" % gw_bin)
@@ -575,11 +590,18 @@ def main():
                 cpus = a.ours_workers_cpus or "0-%d" % ((os.cpu_count() or 1) - 1)
             env.update({"REDIS_URL": a.redis_url, "BENCH_REDIS_PREFIX": redis_prefix})
             redis = a.redis_url
+        virtual_key = None
+        if shared == "key":
+            # budget and rpm far above what the bench spends: checked on every request, never refusing
+            name += "-key"
+            env.update({"GATEWAY_ADMIN_KEYS": BENCH_ADMIN_KEY, "GATEWAY_KEY_SECRET": "bench-key-secret"})
+            virtual_key = {"alias": "bench", "team": None, "budget_usd": 1000000, "budget_period": "month",
+                           "rpm": 100000000}
         if any(t["name"] == name for t in targets):
             continue
         targets.append({"name": name, "url": "http://127.0.0.1:%d" % port, "managed": True,
                         "argv": pin(cpus) + argv, "env": env, "port": port, "redis": redis, "workers": workers,
-                        "cpus": cpus, "own_overhead": True})
+                        "cpus": cpus, "own_overhead": True, "virtual_key": virtual_key})
         port = free_port_from(port + 1)
     for spec in a.target_cmd:
         name, cmd = spec.split("=", 1)
@@ -660,6 +682,7 @@ def main():
                         rep, t["name"], rec["startup_s"], rec["idle_rss_mb"], rec["nprocs"]))
                 else:
                     wait_ready(t["url"], a.api_key, a.model, None, 30)
+                api_key = create_virtual_key(t["url"], t["virtual_key"]) if t.get("virtual_key") else a.api_key
                 for mode, c, n in cells:
                     if time.monotonic() > deadline:
                         stop_all = True
@@ -667,7 +690,7 @@ def main():
                     if t["name"] == "direct":
                         n = n * a.direct_mult
                     argv = pin(a.client_cpus) + [py, os.path.join(HERE, "load.py"), "--url", t["url"], "-n", str(n), "-c", str(c),
-                                                 "--api-key", a.api_key, "--model", a.model, "--prompt-words", str(a.prompt_words),
+                                                 "--api-key", api_key, "--model", a.model, "--prompt-words", str(a.prompt_words),
                                                  "--max-tokens", str(a.mock_tokens), "--max-seconds", str(a.cell_max_seconds),
                                                  "--label", t["name"], "--json", "-"]
                     if mode == "stream":
