@@ -146,7 +146,8 @@ def responses_usage(chat_usage) -> dict | None:
     prompt, completion = chat_usage["prompt_tokens"], int(chat_usage.get("completion_tokens") or 0)
     details = chat_usage.get("prompt_tokens_details") or {}
     out_details = chat_usage.get("completion_tokens_details") or {}
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0), "cache_write_tokens": 0},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": int(out_details.get("reasoning_tokens") or 0)},
             "total_tokens": prompt + completion}

@@ -362,7 +362,7 @@ def completion_stream_events(req: Mapping[str, Any], script: Script, n: int) -> 
 def responses_usage_block(req: Mapping[str, Any], script: Script) -> dict[str, Any]:
     chat = usage_block({"messages": req.get("input", "")}, script)
     return {"input_tokens": chat["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": script.cached_tokens or 0},
+            "input_tokens_details": {"cached_tokens": script.cached_tokens or 0, "cache_write_tokens": 0},
             "output_tokens": chat["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": script.reasoning_tokens or 0},
             "total_tokens": chat["total_tokens"]}
