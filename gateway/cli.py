@@ -1,4 +1,4 @@
-"""``gateway`` console script: serve, replay, make-trace, check-config."""
+"""``gateway`` console script: demo, serve, replay, make-trace, check-config."""
 from __future__ import annotations
 
 import argparse
@@ -108,13 +108,77 @@ def _make_trace(argv: list[str]) -> int:
     return make_trace_main(argv)
 
 
-COMMANDS = {"serve": _serve, "replay": _replay, "make-trace": _make_trace, "check-config": _check_config}
+def _demo(argv: list[str]) -> int:
+    from .replay.bundled import trace_names_help
+
+    ap = argparse.ArgumentParser(
+        prog="gateway demo",
+        description="Run the gateway on 127.0.0.1 against local stand-ins for the OpenAI API and a SageMaker "
+                    "endpoint (no account, no key, nothing leaves this machine), replay a real trace through it "
+                    "sped up, and watch routing, capacity decisions and spend live, in the terminal and on the "
+                    "status page. Ends after --minutes or on Ctrl-C with a summary; leaves nothing running.")
+    ap.add_argument("--minutes", type=float, default=3.0, help="real minutes to run (default 3)")
+    ap.add_argument("--speed", type=float, default=60.0,
+                    help="simulated seconds per real second: traffic, billing and start-up (default 60)")
+    ap.add_argument("--trace", default="azure-conv", help=f"a trace file or a bundled name: {trace_names_help()}")
+    ap.add_argument("--api-model", default="gpt-4o",
+                    help="the API model the traffic is priced as (litellm's prices; default gpt-4o, where the "
+                         "endpoint pays off; gpt-4o-mini: it never does)")
+    ap.add_argument("--rate", type=float, default=1200.0,
+                    help="simulated requests per hour at full volume (the trace thinned to it; default 1200)")
+    ap.add_argument("--port", type=int, help="gateway port (default 8080, or any free one if it is taken)")
+    ap.add_argument("--plain", action="store_true", help="plain periodic lines instead of the live view")
+    ap.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    args = ap.parse_args(argv)
+    if args.minutes <= 0 or args.speed <= 0 or args.rate <= 0:
+        print("gateway demo: --minutes, --speed and --rate must be > 0", file=sys.stderr)
+        return 2
+    from .demo import DemoError, DemoOptions, run_demo
+    from .replay.trace import TraceError
+
+    opts = DemoOptions(minutes=args.minutes, speed=args.speed, trace=args.trace, api_model=args.api_model,
+                       rate_per_hour=args.rate, port=args.port, plain=True if args.plain else None)
+    try:
+        summary = run_demo(opts)
+    except (DemoError, TraceError, ConfigError) as e:
+        print(f"gateway demo: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, default=str)
+    return 0
+
+
+COMMANDS = {"demo": _demo, "serve": _serve, "replay": _replay, "make-trace": _make_trace,
+            "check-config": _check_config}
+SUMMARIES = {
+    "demo": "see it work in a minute: local stand-ins, a real trace sped up, live view and status page",
+    "serve": "run the OpenAI-compatible gateway (config.yaml; status page at GET /)",
+    "replay": "replay a trace through the routing policies on a simulated clock; compare with static and optimal",
+    "make-trace": "build a multi-day trace from an hourly volume shape and a real trace's tokens or arrivals",
+    "check-config": "validate a config file and say what it defines",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: gateway <command> [options]   (gateway <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS]
+    lines += ["", "Start with: gateway demo"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print("usage: gateway {serve,replay,make-trace,check-config} [options]  (--help on each)", file=sys.stderr)
+        if argv:
+            print(f"gateway: unknown command {argv[0]!r}", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])
 
