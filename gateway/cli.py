@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import sys
@@ -49,16 +50,55 @@ def _serve(argv: list[str]) -> int:
             return 2
         # Every worker writes its samples here and /metrics merges them.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
+    sock = _listen(host, port)
+    if isinstance(sock, str):
+        print(f"gateway: {sock}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from .http.protocol import DeadlineHttpToolsProtocol
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http=DeadlineHttpToolsProtocol, lifespan="on", access_log=False, log_level=args.log_level,
         timeout_graceful_shutdown=cfg.server.shutdown_grace_s, limit_concurrency=cfg.server.max_connections,
     )
+    # The socket is bound and listening before any worker starts its app, so the app's
+    # "gateway ready" line is true when it is logged (uvicorn alone binds after start-up).
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            server = uvicorn.Server(config)
+            server.run(sockets=[sock])
+            if not server.started:
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
     return 0
+
+
+def _listen(host: str, port: int):
+    """A socket bound to ``host:port`` and listening, or the one line that says why not."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = "the port is in use by another process" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        return (f"cannot listen on {host}:{port}: {why}; stop that process, or choose another port "
+                "(--port, or server.port in the config)")
+    sock.set_inheritable(True)
+    return sock
 
 
 def keyless_refusal(cfg, host: str, path: str) -> str | None:
