@@ -34,6 +34,7 @@ from .routes.ops import OpsRoutes
 from .keys import KeyService
 from .proxy import Proxy
 from .routes.keys_admin import PREFIX as KEY_ITEM_PREFIX, KeyAdminRoutes
+from .status import StatusRoutes
 from .state import build_store
 
 log = logging.getLogger("gateway")
@@ -77,9 +78,14 @@ class GatewayApp:
         ops = OpsRoutes(self)
         admin = AdminRoutes(self)
         key_admin = KeyAdminRoutes(self)
+        self.status = StatusRoutes(self)
         self.routes = {
             ("POST", "/v1/chat/completions"): self.proxy.chat,
             ("POST", "/chat/completions"): self.proxy.chat,
+            ("POST", "/v1/responses"): self.proxy.responses,
+            ("POST", "/responses"): self.proxy.responses,
+            ("POST", "/v1/completions"): self.proxy.completions,
+            ("POST", "/completions"): self.proxy.completions,
             ("POST", "/v1/embeddings"): self.proxy.embeddings,
             ("POST", "/embeddings"): self.proxy.embeddings,
             ("GET", "/v1/models"): ops.models,
@@ -93,6 +99,8 @@ class GatewayApp:
             ("GET", "/admin/keys"): key_admin.keys_collection,
             ("POST", "/admin/teams"): key_admin.teams,
             ("GET", "/admin/teams"): key_admin.teams,
+            ("GET", "/"): self.status.page,
+            ("GET", "/status.json"): self.status.data,
         }
         self._key_item = key_admin.key_item  # /admin/keys/{alias}: GET, PATCH, DELETE
         self._paths = {path for _, path in self.routes}
@@ -225,6 +233,10 @@ class GatewayApp:
                 decisions = {}
             for name, decision in decisions.items():
                 self._in_background(self._actuate(name, decision, now))
+        try:
+            await self.status.history.sample(now)
+        except Exception:  # noqa: BLE001 — the status page's chart must not stop accrual and sync
+            log.exception("status sample failed")
         self._reload_if_changed()
         self.access_log.flush()
 
