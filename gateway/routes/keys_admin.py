@@ -33,6 +33,12 @@ class KeyAdminRoutes:
         await self._run(scope, receive, send, self._teams)
 
     async def _run(self, scope, receive, send, handle) -> None:
+        auth = self.app.config.auth
+        if not auth.admin_keys:
+            # never open, not even on a keyless gateway: whoever makes keys decides who spends
+            err = GatewayError(403, f"Managing keys needs an admin key: set {auth.admin_keys_env}.")
+            await send_bytes(send, err.status, err.body())
+            return
         if await self._auth._refused(scope, send):
             return
         try:

@@ -51,6 +51,13 @@ def test_a_key_is_shown_once_stored_as_a_hash_and_attributed(openai_standin):
         assert team["keys"] == ["shop"] and Decimal(team["spend_usd"]) == cost
 
 
+def test_keys_cannot_be_managed_without_admin_keys(openai_standin):
+    cfg = build_config(keys_config(openai_standin), {"GATEWAY_KEY_SECRET": "s"}, openai=openai_standin)
+    with RunningGateway(cfg) as gw:  # a keyless gateway: its other admin views are open, this one is not
+        r = httpx.post(f"{gw.url}/admin/keys", json={"alias": "a"})
+        assert r.status_code == 403 and "GATEWAY_ADMIN_KEYS" in r.json()["error"]["message"]
+
+
 def test_admin_api_needs_the_admin_key_and_checks_its_input(openai_standin):
     with _gateway(openai_standin) as gw:
         assert httpx.post(f"{gw.url}/admin/keys", json={"alias": "a"}).status_code == 401

@@ -104,11 +104,15 @@ def real_gateway_metrics_source():
         data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "cached_input": 1.25, "output": 10}}
         api.script(prompt_tokens=1200, completion_tokens=300, cached_tokens=400)
         endpoint.script(prompt_tokens=1200, completion_tokens=300)
-        with RunningGateway(build_config(data, {"GATEWAY_KEY_SECRET": "dashboard-test"}, openai=api)) as gw:
+        env = {"GATEWAY_KEY_SECRET": "dashboard-test", "GATEWAY_ADMIN_KEYS": "adm-dashboard"}
+        with RunningGateway(build_config(data, env, openai=api)) as gw:
             # all traffic on one budgeted virtual key of a team: the keys panels have data too
             import httpx
-            assert httpx.post(f"{gw.url}/admin/teams", json={"team": "web", "budget_usd": 1000}).status_code == 201
-            made = httpx.post(f"{gw.url}/admin/keys", json={"alias": "shop", "team": "web", "budget_usd": 1000})
+            adm = {"authorization": "Bearer adm-dashboard"}
+            assert httpx.post(f"{gw.url}/admin/teams", json={"team": "web", "budget_usd": 1000},
+                              headers=adm).status_code == 201
+            made = httpx.post(f"{gw.url}/admin/keys", json={"alias": "shop", "team": "web", "budget_usd": 1000},
+                              headers=adm)
             client = OpenAI(base_url=gw.base_url, api_key=made.json()["key"], max_retries=0)
             stop = threading.Event()
 
