@@ -27,7 +27,7 @@ from .spend.cost import Usage, display_usd, usage_from_openai
 from .http.errors import GatewayError, bad_request
 from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
 from .tokens import TokenCounter
-from .http.upstream_errors import client_error_body, log_upstream_error
+from .http.upstream_errors import client_error_body, log_upstream_error, unavailable_message
 
 log = logging.getLogger("gateway")
 
@@ -260,7 +260,8 @@ class Proxy:
                 if i + 1 < len(plan):
                     rec.reason = f"failover_{route.backend}_unreachable"
                     continue
-                raise GatewayError(504 if e.timeout else 502, str(e), type="upstream_error") from None
+                raise GatewayError(504 if e.timeout else 502, unavailable_message(self.config.backends[route.backend],
+                                                                                  str(e)), type="upstream_error") from None
             rec.upstream_s += time.perf_counter() - t0
             if reply.status in RETRY_ELSEWHERE and i + 1 < len(plan):
                 self.health.failed(route.backend)
@@ -398,7 +399,8 @@ class Proxy:
         except UpstreamUnavailable as e:
             if not rec.client_gone:
                 rec.error = str(e)
-                err = GatewayError(502, str(e), type="upstream_error")
+                err = GatewayError(502, unavailable_message(self.config.backends[rec.backend], str(e)),
+                                   type="upstream_error")
                 tail = tap.flush() + b"data: " + err.body() + b"\n\n"
         except Exception as e:  # noqa: BLE001 — a broken stream must still be accounted
             if not rec.client_gone:

@@ -3,7 +3,8 @@
 The tests and `gateway demo` both run them: they speak the real wire formats, so what works
 against them works against the real services.
 
-The servers live in `openai_server` (OpenAI API) and `sagemaker_server` (SageMaker runtime);
+The servers live in `openai_server` (OpenAI API), `sagemaker_server` (SageMaker runtime) and
+`sagemaker_control` (SageMaker control plane with inference components, which moto lacks);
 tests usually get them from the `openai_standin` / `sagemaker_standin` fixtures.
 """
 
