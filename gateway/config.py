@@ -117,6 +117,8 @@ class StateConfig:
     redis_url: str | None = None
     key_prefix: str = "gw"
     flush_interval_s: float = 1.0
+    # redis_url names one node of a Redis Cluster; the client discovers the rest
+    redis_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,10 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         redis_url=sr.get("redis_url", str, None),
         key_prefix=sr.get("key_prefix", str, "gw"),
         flush_interval_s=sr.get("flush_interval_s", float, 1.0, minimum=0.05),
+        redis_cluster=sr.get("redis_cluster", bool, False),
     )
+    if state.redis_cluster and not state.redis_url:
+        raise sr.error("redis_cluster", "needs state.redis_url (one node of the cluster)")
     sr.reject_unknown()
 
     vr = root.sub("server")
