@@ -144,6 +144,11 @@ class RedisStore:
     - after Redis loses the accrual markers, the first claimer starts from the latest
       marker it saw (its own claims, and all markers read at each sync): time another
       process claimed after that read, at most one flush interval, is handed out twice.
+    On a Redis Cluster (``state.redis_cluster``) the same holds: every key shares one slot,
+    so the batch script runs whole on one master or not at all. While that slot migrates,
+    a batch whose keys straddle two masters gets TRYAGAIN, fails (~1 s: redis-py's retries,
+    then reads redirected one by one) and is resent; after a failure the slot map is
+    re-read, so a failover to a replica is followed even when the old master hangs.
     Call ``record``/``add_spend`` from the event loop's thread (no locks on the buffers).
     """
 
