@@ -167,18 +167,19 @@ class RedisClusterServer:
     cluster = True
 
     def __init__(self, masters: int = 3, persistent: bool = False, binary: str | None = None,
-                 node_timeout_ms: int = 2000, ready_timeout_s: float = 30.0):
+                 node_timeout_ms: int = 2000, ready_timeout_s: float = 30.0, replicas: int = 0):
         binary = binary or find_redis_server()
         self.cli = find_redis_cli(binary)
         if not binary or not self.cli:
             raise RuntimeError("a Redis Cluster needs redis-server 7+ and redis-cli (Debian's redis-server)")
         self.ready_timeout_s = ready_timeout_s
-        # node_timeout_ms: how long a silent master takes to be marked failed; the cluster
-        # then refuses every key until it is back (no replicas to promote)
+        # node_timeout_ms: how long a silent master takes to be marked failed; then one of its
+        # replicas is promoted, or (replicas=0) the cluster refuses every key until it is back
+        self.replicas = replicas
         self.nodes = [RedisServer(persistent, binary, extra_args=(
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(free_port())))
-            for _ in range(masters)]
+            for _ in range(masters * (1 + replicas))]
 
     @property
     def url(self) -> str:
@@ -204,7 +205,7 @@ class RedisClusterServer:
             for node in self.nodes:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            proc = subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+            proc = subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
                                    "--cluster-yes"], capture_output=True, timeout=self.ready_timeout_s,
                                   stdin=subprocess.DEVNULL)
             if proc.returncode != 0:
@@ -293,9 +294,38 @@ class RedisClusterServer:
         self.start_stopped()
         for node in self.nodes:
             admin = self._admin(node)
-            admin.flushall()
+            if admin.execute_command("ROLE")[0] == "master":  # replicas follow (and refuse writes)
+                admin.flushall()
             admin.script_flush()
             admin.close()
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """One of ``master``'s replicas (``replicas`` >= 1)."""
+        admin = self._admin(master)
+        try:
+            master_id = admin.execute_command("CLUSTER", "MYID")
+            line = next(line for line in admin.execute_command("CLUSTER", "NODES").splitlines()
+                        if line.split()[3] == master_id)
+        finally:
+            admin.close()
+        port = int(line.split()[1].split("@", 1)[0].rsplit(":", 1)[1])
+        return next(node for node in self.nodes if node.port == port)
+
+    def wait_replicated(self, master: RedisServer, timeout_s: float = 10.0) -> None:
+        """Until each replica of ``master`` has every write the master has (replication is async)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            admin = self._admin(master)
+            try:
+                info = admin.info("replication")
+            finally:
+                admin.close()
+            slaves = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if slaves and all(s["offset"] == info["master_repl_offset"] for s in slaves):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas of {master.port} did not catch up: {info}")
+            time.sleep(0.02)
 
     def start_stopped(self) -> None:
         stopped = [node for node in self.nodes if not node.running]
