@@ -346,3 +346,17 @@ def test_build_store_chooses_by_config(redis_server, redis_cluster):
             await store.close()
         return kinds
     assert asyncio.run(client_kinds()) == [("Redis", True), ("RedisCluster", True)]
+
+
+def test_redis_cluster_switch_comes_from_the_environment():
+    from pathlib import Path
+
+    from gateway.config import ConfigError, load_config
+
+    default = Path(__file__).resolve().parents[3] / "config.yaml"
+    env = {"OPENAI_API_KEY": "sk-test", "REDIS_URL": "redis://10.0.0.5:6379/0"}
+    assert load_config(str(default), env).state.redis_cluster is False
+    on = load_config(str(default), {**env, "REDIS_CLUSTER": "true"}).state
+    assert (on.redis_url, on.redis_cluster) == ("redis://10.0.0.5:6379/0", True)
+    with pytest.raises(ConfigError, match=r"state\.redis_cluster: needs state\.redis_url"):
+        load_config(str(default), {**env, "REDIS_URL": "", "REDIS_CLUSTER": "true"})
