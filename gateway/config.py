@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -391,6 +392,8 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     )
     if state.redis_cluster and not state.redis_url:
         raise sr.error("redis_cluster", "needs state.redis_url (one node of the cluster)")
+    if state.redis_cluster and urlsplit(state.redis_url).path.strip("/") not in ("", "0"):
+        raise sr.error("redis_url", "a Redis Cluster has only database 0 (end the URL in /0 or nothing)")
     sr.reject_unknown()
 
     vr = root.sub("server")

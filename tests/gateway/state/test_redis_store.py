@@ -360,3 +360,6 @@ def test_redis_cluster_switch_comes_from_the_environment():
     assert (on.redis_url, on.redis_cluster) == ("redis://10.0.0.5:6379/0", True)
     with pytest.raises(ConfigError, match=r"state\.redis_cluster: needs state\.redis_url"):
         load_config(str(default), {**env, "REDIS_URL": "", "REDIS_CLUSTER": "true"})
+    with pytest.raises(ConfigError, match=r"state\.redis_url: a Redis Cluster has only database 0"):
+        load_config(str(default), {**env, "REDIS_URL": "redis://10.0.0.5:6379/2", "REDIS_CLUSTER": "true"})
+    assert load_config(str(default), {**env, "REDIS_URL": "rediss://:p@h:6379", "REDIS_CLUSTER": "1"}).state.redis_cluster
