@@ -25,13 +25,10 @@ import uuid
 from collections import defaultdict
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
-from ..state.redis_store import SOCKET_TIMEOUT_S, hash_tag
+from ..state.redis_client import UNAVAILABLE, connect, load_scripts, refresh_topology
+from ..state.redis_store import hash_tag
 from .ledger import WINDOW_MS, LocalLedger, Reservation
 from .records import KeyRecord, TeamRecord, _budget
 
@@ -120,6 +117,7 @@ class RedisLedger:
 
     def __init__(self, state_cfg):
         self._url = state_cfg.redis_url
+        self._cluster = bool(getattr(state_cfg, "redis_cluster", False))
         self._host = self._url.rsplit("@", 1)[-1]
         self.tag = hash_tag(state_cfg.key_prefix)
         self._k_keys, self._k_teams = f"{self.tag}:keys", f"{self.tag}:teams"
@@ -139,13 +137,10 @@ class RedisLedger:
         return f"{self.tag}:{'kspend' if scope == 'key' else 'tspend'}:{name}:{period}"
 
     async def start(self) -> None:
-        self._redis = aioredis.Redis.from_url(
-            self._url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        self._redis = connect(self._url, self._cluster, f"gateway-keys-{self._k_seq[-8:]}")
         try:
             await self._load_scripts()
-        except (RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             self._down(exc)
 
     async def close(self) -> None:
@@ -160,8 +155,7 @@ class RedisLedger:
             self._redis = None
 
     async def _load_scripts(self) -> None:
-        self._sha["reserve"] = await self._redis.script_load(_RESERVE)
-        self._sha["settle"] = await self._redis.script_load(_SETTLE)
+        self._sha.update(await load_scripts(self._redis, {"reserve": _RESERVE, "settle": _SETTLE}, key=self._k_keys))
 
     # -- records -------------------------------------------------------------------------
     async def put_key(self, rec: KeyRecord, create: bool) -> bool:
@@ -195,7 +189,7 @@ class RedisLedger:
                 except NoScriptError:
                     await self._load_scripts()
                     verdict = await self._redis.evalsha(self._sha["reserve"], len(keys), *keys, *args)
-            except (RedisError, OSError) as exc:
+            except UNAVAILABLE as exc:
                 self._down(exc)
                 slots = tuple(s for s in (r.key_slot, r.team_slot) if s is not None)
                 if r.reserve_nanos and slots and not isinstance(exc, NoScriptError):
@@ -233,11 +227,12 @@ class RedisLedger:
         batch = self._batch()
         pipe = self._redis.pipeline(transaction=False)
         if batch is not None:
-            pipe.evalsha(self._sha.get("settle", ""), *self._settle_args(batch))
+            # execute_command: redis-py 8.1's cluster pipeline refuses pipe.evalsha (see redis_store)
+            pipe.execute_command("EVALSHA", self._sha.get("settle", ""), *self._settle_args(batch))
         pipe.hgetall(self._k_keys)
         pipe.hgetall(self._k_teams)
         if slots:
-            pipe.mget(slots)
+            pipe.execute_command("MGET", *slots)  # one slot (one tag): allowed on a cluster too
         try:
             results = await pipe.execute(raise_on_error=False)
             if batch is not None and isinstance(results[0], NoScriptError):
@@ -246,8 +241,12 @@ class RedisLedger:
             for res in results:
                 if isinstance(res, Exception):
                     raise res
-        except (RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             self._down(exc)
+            try:
+                await refresh_topology(self._redis)  # a cluster failover may have moved our slot
+            except UNAVAILABLE:
+                pass
             return None
         self._up()
         self._outstanding = None
@@ -270,7 +269,7 @@ class RedisLedger:
             return True
         try:
             await self._redis.evalsha(self._sha.get("settle", ""), *self._settle_args(batch))
-        except (RedisError, OSError):
+        except UNAVAILABLE:
             return False
         self._outstanding = None
         return True

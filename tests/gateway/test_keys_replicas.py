@@ -1,4 +1,4 @@
-"""Two `gateway serve` processes on one real Redis: a budget, rpm and a revocation hold across both."""
+"""Two `gateway serve` processes on one real Redis (and on a real Redis Cluster): a budget, rpm and a revocation hold across both."""
 from __future__ import annotations
 
 import time
@@ -13,9 +13,11 @@ from keys_helpers import MSG, SECRET_ENV, admin, create_key, keys_config
 
 
 @pytest.fixture
-def two_gateways(openai_standin, redis_server, tmp_path):
+def two_gateways(openai_standin, shared_redis, tmp_path):
+    """On one Redis, then on a three-master Redis Cluster."""
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(keys_config(openai_standin, state={"redis_url": redis_server.url})))
+    state = {"redis_url": shared_redis.url, "redis_cluster": shared_redis.cluster}
+    path.write_text(yaml.safe_dump(keys_config(openai_standin, state=state)))
     env = {"STANDIN_OPENAI_KEY": openai_standin.api_key, **SECRET_ENV}
     with ServedGateway(path, env) as a, ServedGateway(path, env) as b:
         yield a, b
