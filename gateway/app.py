@@ -32,6 +32,7 @@ from .routing.live import LiveRouting
 from .metrics import GatewayMetrics
 from .routes.ops import OpsRoutes
 from .proxy import Proxy
+from .status import StatusRoutes
 from .state import build_store
 
 log = logging.getLogger("gateway")
@@ -73,9 +74,14 @@ class GatewayApp:
         self._control_tasks: set[asyncio.Task] = set()
         ops = OpsRoutes(self)
         admin = AdminRoutes(self)
+        self.status = StatusRoutes(self)
         self.routes = {
             ("POST", "/v1/chat/completions"): self.proxy.chat,
             ("POST", "/chat/completions"): self.proxy.chat,
+            ("POST", "/v1/responses"): self.proxy.responses,
+            ("POST", "/responses"): self.proxy.responses,
+            ("POST", "/v1/completions"): self.proxy.completions,
+            ("POST", "/completions"): self.proxy.completions,
             ("POST", "/v1/embeddings"): self.proxy.embeddings,
             ("POST", "/embeddings"): self.proxy.embeddings,
             ("GET", "/v1/models"): ops.models,
@@ -85,6 +91,8 @@ class GatewayApp:
             ("GET", "/metrics"): ops.metrics,
             ("GET", "/admin/routing"): admin.routing,
             ("POST", "/admin/reload"): admin.reload,
+            ("GET", "/"): self.status.page,
+            ("GET", "/status.json"): self.status.data,
         }
         self._paths = {path for _, path in self.routes}
         self.started = False
@@ -208,6 +216,10 @@ class GatewayApp:
                 decisions = {}
             for name, decision in decisions.items():
                 self._in_background(self._actuate(name, decision, now))
+        try:
+            await self.status.history.sample(now)
+        except Exception:  # noqa: BLE001 — the status page's chart must not stop accrual and sync
+            log.exception("status sample failed")
         self._reload_if_changed()
         self.access_log.flush()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -73,7 +74,9 @@ def client_error_body(backend: str, upstream_status: int, status: int, raw: byte
     kind = _KINDS.get(upstream_status, "failed" if upstream_status >= 500 else "refused the request")
     message = f"Backend '{backend}' {kind} (upstream HTTP {upstream_status})."
     if upstream_status in (401, 403):
-        message += " This is the gateway's configuration, not your key: the operator has the details in its log."
+        message += (" This is the gateway's configuration, not your key: the operator has the details in its log "
+                    f"and sets the credentials in backends.{backend} (api_key_env for an API, the AWS credential "
+                    "chain for an endpoint).")
     param, code = _fields(raw) if upstream_status in _CLIENT_STATUSES else (None, None)
     if status >= 500:
         type_ = "upstream_error"
@@ -88,3 +91,26 @@ def log_upstream_error(backend: str, request_id: str, status: int, raw: bytes) -
     text = raw[: _LOG_MAX_CHARS * 4].decode("utf-8", "replace")
     log.warning("backend %s answered HTTP %d to request %s: %s", backend, status, request_id,
                 redact(text)[:_LOG_MAX_CHARS])
+
+
+def _what_to_configure(cfg) -> str:
+    """The settings that decide whether a backend can be reached (names only, never values)."""
+    if getattr(cfg, "type", None) == "openai":
+        return (f"check backends.{cfg.name}.base_url ({_public_url(cfg.base_url)}; OPENAI_BASE_URL in the default config) "
+                f"and the key in {cfg.api_key_env}")
+    if getattr(cfg, "type", None) == "sagemaker":
+        return (f"check backends.{cfg.name}.endpoint_name ({cfg.endpoint_name}; SAGEMAKER_ENDPOINT_NAME), "
+                f"region ({cfg.region}; AWS_REGION), AWS credentials, and endpoint_url or "
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME if calls go elsewhere")
+    return "check its settings in the config"
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (where credentials could hide)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def unavailable_message(cfg, detail: str) -> str:
+    """A 502/504's message: which backend failed, how, and what the operator configures for it."""
+    return f"Backend '{cfg.name}' could not be used: {detail}; {_what_to_configure(cfg)}."

@@ -34,6 +34,8 @@ class Script:
     error_body: Mapping[str, Any] | bytes | str | None = None  # None: the provider's usual body for the status
     error_headers: Mapping[str, str] | None = None
     embedding_dim: int = 8
+    tool_calls: Sequence[Mapping[str, str]] | None = None  # [{"name", "arguments"}]: call these instead of text
+    reasoning_tokens: int | None = None  # set: part of completion_tokens reported as reasoning (Responses)
     split_seed: int | None = 0  # SageMaker only: None = one PayloadPart per SSE event, else random cuts
 
 
