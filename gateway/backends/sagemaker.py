@@ -7,8 +7,8 @@ sent on the same pooled aiohttp session as the API backend, and streams are
 decoded with botocore's own event-stream parser. With ``inference_component_name`` every
 invocation names the component in ``X-Amzn-SageMaker-Inference-Component`` (signed like the
 rest); a component scaled to zero copies answers at once, and that answer becomes
-``EndpointNotInService`` so the request goes to the API instead of failing. litellm's ``sagemaker_chat``
-provider was not used: it ignores the endpoint override and leaks its URL
+``EndpointNotInService`` so the request goes to the API instead of failing. litellm's
+``sagemaker_chat`` provider was not used: it ignores the endpoint override and leaks its URL
 override into the request body.
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ from urllib.parse import quote
 from routing_policies import ENDPOINT
 
 from .base import UpstreamReply, UpstreamUnavailable, register
+from .http_pool import HttpPool
+from .sagemaker_codec import codec_for
 
 COMPONENT_HEADER = "X-Amzn-SageMaker-Inference-Component"
 # InvokeEndpoint's 400 ValidationError for a component with no copy starts with this
@@ -31,8 +33,6 @@ class EndpointNotInService(UpstreamUnavailable):
     """The endpoint answered that nothing serves there now (component at 0 copies): try elsewhere."""
 
     reason = "endpoint_not_in_service"
-from .http_pool import HttpPool
-from .sagemaker_codec import codec_for
 
 
 def runtime_endpoint_url(region: str, configured: str | None, env=os.environ) -> str:

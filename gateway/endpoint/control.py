@@ -57,7 +57,7 @@ def warn_plain_scale_to_zero(cfg: SageMakerBackendConfig) -> bool:
     return True
 
 
-# botocore's SageMaker model cut down to the two calls made here (scripts/trim_aws_model.py):
+# botocore's SageMaker model cut down to the calls made here (scripts/trim_aws_model.py):
 # the full model costs ~26 MB per process once loaded, the cut one ~1 MB.
 AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aws_models")
 
