@@ -268,8 +268,12 @@ def test_capacity_decision_scales_the_component_one_zero_one(openai_standin, aws
             openai_standin.script(prompt_tokens=3000, completion_tokens=1500)
             runtime.script(prompt_tokens=3000, completion_tokens=1500)
             client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
-            # traffic until the endpoint serves it again (it keeps the decision up; bounded)
+            # ~1,440 requests/h of 1,500 completion tokens (test_control_wiring's load): well above break-even;
+            # then more until the endpoint serves again (it keeps the decision up; bounded in time)
             routes = []
+            for _ in range(120):
+                raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+                routes.append((raw.headers["x-gateway-backend"], raw.headers["x-gateway-route-reason"]))
 
             def served_by_endpoint():
                 raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
