@@ -156,15 +156,21 @@ def run_demo(opts: DemoOptions, out=None) -> dict:
     started: list = []
     control = openai_up = runtime = gateway = None
     try:
+        from_zero = ep_cfg.startup_from_zero_s
         control = DemoControlPlane(ep_cfg.endpoint_name, ep_cfg.variant_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
                                    _AWS["AWS_SECRET_ACCESS_KEY"], startup_real_s=clock.real_s(ep_cfg.startup_s),
-                                   clock=clock).start()
+                                   clock=clock, component=ep_cfg.inference_component_name,
+                                   from_zero_real_s=None if from_zero is None else clock.real_s(from_zero),
+                                   copies_per_instance=ep_cfg.copies_per_instance,
+                                   max_instances=ep_cfg.max_instances).start()
         started.append(control)
         openai_up = DemoOpenAI(opts.speed, api_key, [opts.api_model]).start()
         started.append(openai_up)
         runtime = DemoSageMaker(opts.speed, ep_cfg.endpoint_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
                                 _AWS["AWS_SECRET_ACCESS_KEY"], ep_cfg.max_tokens_per_second,
-                                ep_cfg.prompt_token_weight, control.instances_in_service, clock).start()
+                                ep_cfg.prompt_token_weight, control.instances_in_service, clock)
+        runtime.control = control  # answers as SageMaker does for the component (no copy: a quick 400)
+        runtime.start()
         started.append(runtime)
         cfg = demo_config(openai_up.base_url, api_key, runtime.base_url, opts.api_model, opts.speed, port)
         gw_log.addHandler(notes)
