@@ -41,19 +41,32 @@ def test_a_burst_through_both_spends_at_most_budget_plus_one_request(two_gateway
     assert refused and all(r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" for r in refused)
     assert "'burst'" in refused[0].json()["error"]["message"]
     costs = [Decimal(r.headers["x-gateway-cost-usd"]) for r in ok]
-    spent = sum(costs)
-    assert budget <= spent <= budget + max(costs), "more than one request past the budget"
-    served_by = {gw.url: sum(Decimal(r.headers["x-gateway-cost-usd"]) for i, r in enumerate(replies)
-                             if r.status_code == 200 and (a, b)[i % 2] is gw) for gw in (a, b)}
-    assert all(served_by.values()), "the burst did not go through both replicas"
+    assert sum(costs) <= budget + max(costs), "more than one request past the budget"
+    assert {i % 2 for i, r in enumerate(replies) if r.status_code == 200} == {0, 1}, "not served by both"
 
     def reported(gw):
         return Decimal(admin(gw.url, "GET", "/admin/keys/burst").json()["spend_usd"])
 
-    # either replica reports what both served, to the micro-dollar
+    # either replica reports what both served, to the micro-dollar, once the settlements are pushed
     micro = Decimal("0.000001")
-    assert wait_until(lambda: all(abs(reported(gw) - spent) < micro for gw in (a, b))), \
+    assert wait_until(lambda: all(abs(reported(gw) - sum(costs)) < micro for gw in (a, b))), \
         [reported(gw) for gw in (a, b)]
+    # worst cases reserved by the burst were held until settled (refusing a little early, never
+    # late); what is left of the budget is then served, one at a time, until it is crossed
+    refusals = 0
+    for i in range(40):
+        r = _chat((a, b)[i % 2], key, max_tokens=40)
+        if r.status_code != 200:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+            refusals += 1
+            if refusals == 2:  # refused again once every settlement had landed: the budget is spent
+                break
+            assert wait_until(lambda: all(abs(reported(gw) - sum(costs)) < micro for gw in (a, b)))
+            continue
+        refusals = 0
+        costs.append(Decimal(r.headers["x-gateway-cost-usd"]))
+    assert budget <= sum(costs) <= budget + max(costs)
+    assert wait_until(lambda: all(abs(reported(gw) - sum(costs)) < micro for gw in (a, b)))
     assert all(_chat(gw, key).status_code == 429 for gw in (a, b))
 
 
