@@ -78,6 +78,10 @@ class GatewayApp:
         self.routes = {
             ("POST", "/v1/chat/completions"): self.proxy.chat,
             ("POST", "/chat/completions"): self.proxy.chat,
+            ("POST", "/v1/responses"): self.proxy.responses,
+            ("POST", "/responses"): self.proxy.responses,
+            ("POST", "/v1/completions"): self.proxy.completions,
+            ("POST", "/completions"): self.proxy.completions,
             ("POST", "/v1/embeddings"): self.proxy.embeddings,
             ("POST", "/embeddings"): self.proxy.embeddings,
             ("GET", "/v1/models"): ops.models,

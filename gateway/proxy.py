@@ -15,15 +15,17 @@ import time
 
 import orjson
 
+from routing_policies import API
 from routing_policies.rules import in_service
 
+from .apis import CHAT, COMPLETIONS, RESPONSES
+from .apis.base import openai_body
 from .spend.accounting import RequestRecord
 from .http.asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_length, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
 from .spend.cost import Usage, display_usd, usage_from_openai
 from .http.errors import GatewayError, bad_request
 from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
-from .sse_tap import SseTap
 from .tokens import TokenCounter
 from .http.upstream_errors import client_error_body, log_upstream_error, unavailable_message
 
@@ -64,36 +66,6 @@ def _parse(body: bytes) -> dict:
     if not isinstance(req, dict):
         raise bad_request("The request body must be a JSON object.")
     return req
-
-
-def _check_chat(req: dict) -> tuple[bool, int | None]:
-    messages = req.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array.", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise bad_request(f"'messages[{i}].content' must be a string or an array.", param=f"messages[{i}].content")
-        for key, kind, what in (("name", str, "a string"), ("tool_calls", list, "an array"),
-                                ("function_call", dict, "an object")):
-            if m.get(key) is not None and not isinstance(m[key], kind):
-                raise bad_request(f"'messages[{i}].{key}' must be {what}.", param=f"messages[{i}].{key}")
-    for key in ("tools", "functions"):
-        value = req.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
-            raise bad_request(f"'{key}' must be an array of objects.", param=key)
-    stream = req.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean.", param="stream")
-    max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        raise bad_request("'max_tokens' must be a positive integer.", param="max_tokens")
-    so = req.get("stream_options")
-    if so is not None and not isinstance(so, dict):
-        raise bad_request("'stream_options' must be an object.", param="stream_options")
-    return bool(stream), max_tokens
 
 
 def _map_upstream_status(status: int) -> int:
@@ -175,6 +147,19 @@ class Proxy:
             raise bad_request(f"The model `{name}` does not support this endpoint.", param="model")
         return model, pinned
 
+    def _pin_for(self, api, req: dict, model, pinned):
+        """A request that only an API backend can serve (stored state, hosted tools) goes to one."""
+        param = api.needs_api(req)
+        if param is None:
+            return pinned
+        api_routes = [r.backend for r in model.routes if self.backends[r.backend].kind == API]
+        if pinned is None and api_routes:
+            return api_routes[0]
+        if pinned in api_routes:
+            return pinned
+        raise bad_request(f"'{param}' needs OpenAI's stored state or hosted tools, which the endpoint serving "
+                          f"`{req.get('model')}` cannot provide.", param=param, code="unsupported_parameter")
+
     def _counter(self, model) -> TokenCounter:
         c = self._counters.get(model.name)
         if c is None:
@@ -217,14 +202,7 @@ class Proxy:
 
     @staticmethod
     def _upstream_body(req: dict, raw: bytes, upstream_model: str, stream: bool) -> bytes:
-        changes = {}
-        if req.get("model") != upstream_model:
-            changes["model"] = upstream_model
-        if stream:
-            so = req.get("stream_options") or {}
-            if not so.get("include_usage"):
-                changes["stream_options"] = {**so, "include_usage": True}
-        return dumps({**req, **changes}) if changes else raw
+        return openai_body(req, raw, upstream_model, stream, stream_usage=True)
 
     def _headers(self, rec: RequestRecord, final: bool) -> list:
         h = [
@@ -264,12 +242,13 @@ class Proxy:
         except Exception:  # noqa: BLE001 — the response had already started: nothing more to say
             pass
 
-    async def _call(self, rec, model, pinned, req, raw, stream, call):
+    async def _call(self, rec, model, pinned, req, raw, stream, call, api=None):
         """Send to the chosen backend; once to the other one if it is unreachable or busy."""
         plan = self._plan(model, pinned, rec.backend)
         for i, route in enumerate(plan):
             rec.backend, rec.upstream_model = route.backend, route.upstream_model
-            body = self._upstream_body(req, raw, route.upstream_model, stream)
+            body = (self._upstream_body(req, raw, route.upstream_model, stream) if api is None else
+                    api.upstream_body(req, raw, route.upstream_model, stream, self.backends[route.backend]))
             t0 = time.perf_counter()
             try:
                 reply = await call(self.backends[route.backend], body)
@@ -296,6 +275,13 @@ class Proxy:
     async def chat(self, scope, receive, send) -> None:
         await self._guarded("chat", self._chat, scope, receive, send)
 
+    # -- POST /v1/responses, POST /v1/completions: the chat path with another API (gateway/apis) --
+    async def responses(self, scope, receive, send) -> None:
+        await self._guarded("responses", lambda *a: self._generate(RESPONSES, *a), scope, receive, send)
+
+    async def completions(self, scope, receive, send) -> None:
+        await self._guarded("completions", lambda *a: self._generate(COMPLETIONS, *a), scope, receive, send)
+
     async def _guarded(self, kind: str, handle, scope, receive, send) -> None:
         """Run one request's handler: a bug must still answer in OpenAI's shape and be counted."""
         rec = RequestRecord(_request_id(scope), "unknown", kind, time.perf_counter())
@@ -308,34 +294,39 @@ class Proxy:
                 self.large_bodies.release()
 
     async def _chat(self, rec, scope, receive, send) -> None:
+        await self._generate(CHAT, rec, scope, receive, send)
+
+    async def _generate(self, api, rec, scope, receive, send) -> None:
         try:
             raw, req = await self._read_request(scope, receive, rec)
-            stream, max_tokens = _check_chat(req)
-            model, pinned = self._resolve(req, "chat")
+            stream, max_tokens = api.check(req)
+            model, pinned = self._resolve(req, api.model_kind)
             rec.model, rec.stream = model.name, stream
+            pinned = self._pin_for(api, req, model, pinned)
             counter = self._counter(model)
-            rec.count_prompt = lambda: counter.chat(req)
+            count = api.count
+            rec.count_prompt = lambda: count(counter, req)
             routing_tokens = len(raw)
             counting = None
             room = self._tightest_window(model, pinned) - (max_tokens or 0)
             if routing_tokens <= EXACT_COUNT_MAX_BYTES:
-                routing_tokens = rec.prompt_tokens_counted = counter.chat(req)
+                routing_tokens = rec.prompt_tokens_counted = count(counter, req)
             elif routing_tokens > room:
                 # the size cannot prove a fit: count, but only until the count passes the room
                 # left (beyond it the answer is "too long" however long), off the loop if large
                 limit = max(0, int(room))
-                routing_tokens = await off_loop(len(raw), counter.chat, req, limit)
+                routing_tokens = await off_loop(len(raw), count, counter, req, limit)
                 if routing_tokens <= limit:
                     rec.prompt_tokens_counted = routing_tokens  # counted in full
             if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
-                counting = asyncio.ensure_future(asyncio.to_thread(counter.chat, req))
+                counting = asyncio.ensure_future(asyncio.to_thread(count, counter, req))
             decision = self.live.decide(model.name, pinned, routing_tokens, max_tokens, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
             try:
                 reply = await self._call(rec, model, pinned, req, raw, stream,
-                                         lambda b, body: b.chat(body, stream))
+                                         lambda b, body: api.call(b, body, stream, req), api)
             finally:
                 if counting is not None:
                     rec.prompt_tokens_counted = await counting
@@ -345,9 +336,9 @@ class Proxy:
         if reply.status >= 300:
             await self._relay_error(send, rec, reply)
         elif stream:
-            await self._stream(receive, send, rec, req, counter, reply)
+            await self._stream(receive, send, rec, req, counter, reply, api)
         else:
-            await self._plain(send, rec, reply, lambda parsed: counter.text(_chat_text(parsed)))
+            await self._plain(send, rec, reply, lambda parsed: counter.text(api.text(parsed)), api.usage)
 
     async def _relay_error(self, send, rec, reply) -> None:
         """The gateway's own words for an upstream's refusal; the upstream's go to the log."""
@@ -359,7 +350,7 @@ class Proxy:
         await send_bytes(send, rec.status, client_error_body(rec.backend, reply.status, rec.status, reply.body),
                          self._headers(rec, False))
 
-    async def _plain(self, send, rec, reply, count_completion) -> None:
+    async def _plain(self, send, rec, reply, count_completion, read_usage=None) -> None:
         try:
             parsed = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
@@ -367,7 +358,7 @@ class Proxy:
         if not isinstance(parsed, dict):
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
-        found = usage_from_openai(parsed.get("usage"))
+        found = read_usage(parsed) if read_usage is not None else usage_from_openai(parsed.get("usage"))
         if found is not None and found[0] >= 0:
             rec.usage = Usage(found[0], found[1], found[2], from_upstream=True)
         else:
@@ -379,9 +370,8 @@ class Proxy:
         self.accounting.finish(rec)
         await send_bytes(send, 200, reply.body, self._headers(rec, True))
 
-    async def _stream(self, receive, send, rec, req, counter, reply) -> None:
-        so = req.get("stream_options") or {}
-        tap = SseTap(strip_usage=not so.get("include_usage"))
+    async def _stream(self, receive, send, rec, req, counter, reply, api=CHAT) -> None:
+        tap = api.tap(req)
         rec.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": [SSE, NO_CACHE, *self._headers(rec, False)]})
 
@@ -464,14 +454,3 @@ def _check_embedding_input(value) -> None:
         raise bad_request("'input' must be a non-empty string, or a non-empty array of strings, of token ids "
                           "(integers) or of non-empty token-id arrays.", param="input")
 
-
-def _chat_text(parsed: dict) -> str:
-    parts = []
-    for choice in parsed.get("choices") or ():
-        msg = choice.get("message") or {} if isinstance(choice, dict) else {}
-        if isinstance(msg.get("content"), str):
-            parts.append(msg["content"])
-        for call in msg.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
-    return "".join(parts)

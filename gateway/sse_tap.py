@@ -16,14 +16,46 @@ from .spend.cost import usage_from_openai
 _SEP = b"\n\n"
 
 
-class SseTap:
-    __slots__ = ("_pending", "events", "usage", "_strip_usage")
+class ChatEvents:
+    """How to read a chat completions stream's events (the other APIs bring their own)."""
 
-    def __init__(self, strip_usage: bool):
+    @staticmethod
+    def usage(parsed: dict):
+        return usage_from_openai(parsed.get("usage"))
+
+    @staticmethod
+    def usage_only(parsed: dict) -> bool:
+        return not parsed.get("choices")
+
+    @staticmethod
+    def texts(parsed: dict):
+        for choice in parsed.get("choices") or ():
+            delta = choice.get("delta") or {}
+            for key in ("content", "refusal", "reasoning_content"):
+                if isinstance(delta.get(key), str):
+                    yield delta[key]
+            for call in delta.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                yield str(fn.get("name") or "") + str(fn.get("arguments") or "")
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The ``data:`` of one SSE event, whether or not an ``event:`` line comes first (Responses)."""
+    if event.startswith(b"data:"):
+        return event[5:]
+    at = event.find(b"\ndata:")
+    return event[at + 6:] if at >= 0 else None
+
+
+class SseTap:
+    __slots__ = ("_pending", "events", "usage", "_strip_usage", "_reader")
+
+    def __init__(self, strip_usage: bool, reader=ChatEvents):
         self._pending = b""
         self.events: list[bytes] = []
         self.usage: tuple[int, int, int] | None = None
         self._strip_usage = strip_usage
+        self._reader = reader
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward now (whole events only)."""
@@ -62,17 +94,18 @@ class SseTap:
             end = len(ready) if end < 0 else end + 2
             search_end = start
             event = ready[start:end]
-            if not event.startswith(b"data:") or b'"usage":null' in event or b'"usage": null' in event:
+            data = event_data(event)
+            if data is None or b'"usage":null' in event or b'"usage": null' in event:
                 continue
             try:
-                parsed = orjson.loads(event[5:])
+                parsed = orjson.loads(data)
             except orjson.JSONDecodeError:
                 continue
-            found = usage_from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
+            found = self._reader.usage(parsed) if isinstance(parsed, dict) else None
             if found is None:
                 continue
             found_last = found_last or found
-            if self._strip_usage and not parsed.get("choices"):
+            if self._strip_usage and self._reader.usage_only(parsed):
                 ready = ready[:start] + ready[end:]
         if found_last is not None:
             self.usage = found_last
@@ -83,18 +116,13 @@ class SseTap:
         parts: list[str] = []
         for block in self.events:
             for event in block.split(_SEP):
-                if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
+                data = event_data(event)
+                if data is None or data.lstrip().startswith(b"[DONE]"):
                     continue
                 try:
-                    parsed = orjson.loads(event[5:])
+                    parsed = orjson.loads(data)
                 except orjson.JSONDecodeError:
                     continue
-                for choice in parsed.get("choices") or () if isinstance(parsed, dict) else ():
-                    delta = choice.get("delta") or {}
-                    for key in ("content", "refusal", "reasoning_content"):
-                        if isinstance(delta.get(key), str):
-                            parts.append(delta[key])
-                    for call in delta.get("tool_calls") or ():
-                        fn = call.get("function") or {}
-                        parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+                if isinstance(parsed, dict):
+                    parts.extend(self._reader.texts(parsed))
         return "".join(parts)

@@ -1,7 +1,8 @@
 """The backend interface: one small class per upstream type, chosen by config ``type``.
 
-A backend takes an OpenAI chat/embeddings request body (already rewritten for
-the upstream) and returns the upstream's answer in OpenAI's wire format: the
+A backend takes an OpenAI chat/completions/embeddings request body (already rewritten for
+the upstream; API backends also take Responses bodies, which ``gateway.apis`` translates to
+chat for endpoints) and returns the upstream's answer in OpenAI's wire format: the
 body bytes for a plain call, or an async iterator of SSE bytes for a stream.
 Everything about money and tokens happens outside, in one place.
 """
@@ -39,6 +40,8 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
     async def chat(self, body: bytes, stream: bool) -> UpstreamReply: ...
+
+    async def completions(self, body: bytes, stream: bool) -> UpstreamReply: ...
 
     async def embeddings(self, body: bytes) -> UpstreamReply: ...
 

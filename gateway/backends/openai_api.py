@@ -20,6 +20,8 @@ class OpenAIBackend:
         self._pool = HttpPool(cfg.max_connections, cfg.timeout_s)
         self._chat_url = f"{cfg.base_url}/chat/completions"
         self._emb_url = f"{cfg.base_url}/embeddings"
+        self._responses_url = f"{cfg.base_url}/responses"
+        self._completions_url = f"{cfg.base_url}/completions"
         self._headers = {"Content-Type": "application/json"}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
@@ -32,6 +34,12 @@ class OpenAIBackend:
 
     async def chat(self, body: bytes, stream: bool) -> UpstreamReply:
         return await self._pool.post(self._chat_url, body, self._headers, stream)
+
+    async def responses(self, body: bytes, stream: bool) -> UpstreamReply:
+        return await self._pool.post(self._responses_url, body, self._headers, stream)
+
+    async def completions(self, body: bytes, stream: bool) -> UpstreamReply:
+        return await self._pool.post(self._completions_url, body, self._headers, stream)
 
     async def embeddings(self, body: bytes) -> UpstreamReply:
         return await self._pool.post(self._emb_url, body, self._headers, False)

@@ -110,5 +110,9 @@ class SageMakerBackend:
             return UpstreamReply(reply.status, self._codec.decode_response(reply.body, body))
         return UpstreamReply(reply.status, chunks=self._codec.decode_stream(reply.chunks, body), close=reply.close)
 
+    async def completions(self, body: bytes, stream: bool) -> UpstreamReply:
+        """Legacy completions: the codec tells the two request shapes apart (``prompt``)."""
+        return await self.chat(body, stream)
+
     async def embeddings(self, body: bytes) -> UpstreamReply:
         raise NotImplementedError("embeddings are served by API backends only (config validation ensures it)")

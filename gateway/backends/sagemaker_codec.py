@@ -14,7 +14,7 @@ import uuid
 
 import orjson
 
-from ..http.errors import error_body
+from ..http.errors import bad_request, error_body
 from .base import UpstreamUnavailable
 
 
@@ -92,13 +92,36 @@ def _tgi_prompt(messages) -> str:
     return "\n".join(parts)
 
 
+def _tgi_inputs(req: dict) -> str:
+    """A legacy completion's prompt goes to TGI as it is (no template); chat messages are folded."""
+    if "messages" in req or "prompt" not in req:
+        return _tgi_prompt(req.get("messages"))
+    prompt = req["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise bad_request("This model's endpoint takes one text 'prompt' (not token ids or several prompts).",
+                          param="prompt")
+    return prompt
+
+
+def _is_completions(request: dict) -> bool:
+    return "prompt" in request and "messages" not in request
+
+
 def _completion(request: dict, text: str, finish: str, completion_tokens: int | None) -> dict:
+    if _is_completions(request):
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        kind, prefix = "text_completion", "cmpl"
+    else:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        kind, prefix = "chat.completion", "chatcmpl"
     out = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
+        "id": f"{prefix}-{uuid.uuid4().hex[:24]}",
+        "object": kind,
         "created": int(time.time()),
         "model": request.get("model", ""),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "choices": [choice],
     }
     if completion_tokens is not None:
         out["usage"] = {"completion_tokens": completion_tokens}
@@ -120,8 +143,7 @@ class TgiCodec(MessagesCodec):
             del params["temperature"]
         if isinstance(params.get("top_p"), (int, float)) and params["top_p"] >= 1:
             del params["top_p"]
-        return orjson.dumps({"inputs": _tgi_prompt(req.get("messages")), "parameters": params,
-                             "stream": bool(req.get("stream"))})
+        return orjson.dumps({"inputs": _tgi_inputs(req), "parameters": params, "stream": bool(req.get("stream"))})
 
     def decode_response(self, raw: bytes, request_body: bytes) -> bytes:
         parsed = orjson.loads(raw)
@@ -133,7 +155,9 @@ class TgiCodec(MessagesCodec):
 
     async def decode_stream(self, chunks, request_body: bytes):
         request = orjson.loads(request_body)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
+        legacy = _is_completions(request)
+        head = {"id": f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion" if legacy else "chat.completion.chunk",
                 "created": int(time.time()), "model": request.get("model", "")}
         pending = b""
         first = True
@@ -155,7 +179,11 @@ class TgiCodec(MessagesCodec):
                 if event.get("generated_text") is not None:
                     reason = (event.get("details") or {}).get("finish_reason")
                     finish = "length" if reason == "length" else "stop"
-                chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                if legacy:
+                    choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                chunk = {**head, "choices": [choice]}
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         yield b"data: [DONE]\n\n"
 

@@ -10,6 +10,11 @@ from ..http.asgi_io import bearer_token, send_bytes
 from ..http.errors import GatewayError
 
 
+# What each model kind answers (see docs/apis.md); an extra field that OpenAI clients ignore.
+_ENDPOINTS = {"chat": ["/v1/chat/completions", "/v1/responses", "/v1/completions"],
+              "embeddings": ["/v1/embeddings"]}
+
+
 class OpsRoutes:
     def __init__(self, app):
         self.app = app
@@ -51,9 +56,10 @@ class OpsRoutes:
             return
         data = []
         for model in cfg.models.values():
-            data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "gateway"})
+            data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "gateway",
+                         "endpoints": _ENDPOINTS[model.kind]})
             if cfg.routing.allow_pinning:
                 for route in model.routes:
                     data.append({"id": f"{route.backend}/{model.name}", "object": "model", "created": 0,
-                                 "owned_by": route.backend})
+                                 "owned_by": route.backend, "endpoints": _ENDPOINTS[model.kind]})
         await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}))

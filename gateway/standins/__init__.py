@@ -3,7 +3,8 @@
 The tests and `gateway demo` both run them: they speak the real wire formats, so what works
 against them works against the real services.
 
-The servers live in `openai_server` (OpenAI API) and `sagemaker_server` (SageMaker runtime);
+The servers live in `openai_server` (OpenAI API), `sagemaker_server` (SageMaker runtime) and
+`sagemaker_control` (SageMaker control plane with inference components, which moto lacks);
 tests usually get them from the `openai_standin` / `sagemaker_standin` fixtures.
 """
 
@@ -33,6 +34,8 @@ class Script:
     error_body: Mapping[str, Any] | bytes | str | None = None  # None: the provider's usual body for the status
     error_headers: Mapping[str, str] | None = None
     embedding_dim: int = 8
+    tool_calls: Sequence[Mapping[str, str]] | None = None  # [{"name", "arguments"}]: call these instead of text
+    reasoning_tokens: int | None = None  # set: part of completion_tokens reported as reasoning (Responses)
     split_seed: int | None = 0  # SageMaker only: None = one PayloadPart per SSE event, else random cuts
 
 

@@ -284,11 +284,21 @@ def usage_block(req: Mapping[str, Any], script: Script) -> dict[str, Any]:
     return usage
 
 
+def tool_call_list(script: Script, n: int) -> list[dict[str, Any]]:
+    return [{"id": f"call_standin{n}_{i}", "type": "function",
+             "function": {"name": c["name"], "arguments": c.get("arguments", "{}")}}
+            for i, c in enumerate(script.tool_calls or ())]
+
+
 def chat_completion(req: Mapping[str, Any], script: Script, n: int) -> dict[str, Any]:
+    message = {"role": "assistant", "content": "".join(content_chunks(script)), "refusal": None}
+    finish = script.finish_reason
+    if script.tool_calls:
+        message.update(content=None, tool_calls=tool_call_list(script, n))
+        finish = "tool_calls"
     body = {"id": f"chatcmpl-standin{n}", "object": "chat.completion", "created": int(time.time()),
             "model": script.model or req.get("model") or "standin-model", "system_fingerprint": "fp_standin",
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": script.finish_reason, "message": {
-                "role": "assistant", "content": "".join(content_chunks(script)), "refusal": None}}]}
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": finish, "message": message}]}
     if script.usage:
         body["usage"] = usage_block(req, script)
     return body
@@ -306,11 +316,126 @@ def chat_stream_events(req: Mapping[str, Any], script: Script, n: int) -> list[b
         return sse({**base, "choices": [choice], **extra})
 
     events = [event({"role": "assistant", "content": "", "refusal": None})]
+    if script.tool_calls:  # as OpenAI streams them: id and name first, then the arguments
+        for i, call in enumerate(tool_call_list(script, n)):
+            fn = call["function"]
+            events.append(event({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                 "function": {"name": fn["name"], "arguments": ""}}]}))
+            events.append(event({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}))
+        events.append(event({}, "tool_calls"))
+        if include_usage:
+            events.append(sse({**base, "choices": [], "usage": usage_block(req, script)}))
+        return events + [b"data: [DONE]\n\n"]
     events += [event({"content": c}) for c in content_chunks(script)]
     events.append(event({}, script.finish_reason))
     if include_usage:
         events.append(sse({**base, "choices": [], "usage": usage_block(req, script)}))
     return events + [b"data: [DONE]\n\n"]
+
+
+# ---- legacy completions and the Responses API (API backends only: endpoints speak chat) ----
+
+def text_completion(req: Mapping[str, Any], script: Script, n: int) -> dict[str, Any]:
+    body = {"id": f"cmpl-standin{n}", "object": "text_completion", "created": int(time.time()),
+            "model": script.model or req.get("model") or "standin-model", "system_fingerprint": "fp_standin",
+            "choices": [{"index": 0, "text": "".join(content_chunks(script)), "logprobs": None,
+                         "finish_reason": script.finish_reason}]}
+    if script.usage:
+        body["usage"] = usage_block({"messages": req.get("prompt", "")}, script)
+    return body
+
+
+def completion_stream_events(req: Mapping[str, Any], script: Script, n: int) -> list[bytes]:
+    """One event per content chunk (events[0:len(content_chunks)]), finish, [usage], [DONE]."""
+    include_usage = bool((req.get("stream_options") or {}).get("include_usage")) and script.usage
+    base = {"id": f"cmpl-standin{n}", "object": "text_completion", "created": int(time.time()),
+            "model": script.model or req.get("model") or "standin-model", "system_fingerprint": "fp_standin"}
+    events = [sse({**base, "choices": [{"index": 0, "text": c, "logprobs": None, "finish_reason": None}]})
+              for c in content_chunks(script)]
+    events.append(sse({**base, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                            "finish_reason": script.finish_reason}]}))
+    if include_usage:
+        events.append(sse({**base, "choices": [], "usage": usage_block({"messages": req.get("prompt", "")}, script)}))
+    return events + [b"data: [DONE]\n\n"]
+
+
+def responses_usage_block(req: Mapping[str, Any], script: Script) -> dict[str, Any]:
+    chat = usage_block({"messages": req.get("input", "")}, script)
+    return {"input_tokens": chat["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": script.cached_tokens or 0, "cache_write_tokens": 0},
+            "output_tokens": chat["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": script.reasoning_tokens or 0},
+            "total_tokens": chat["total_tokens"]}
+
+
+def _response(req: Mapping[str, Any], script: Script, n: int, status: str, output: list) -> dict[str, Any]:
+    return {"id": f"resp_standin{n}", "object": "response", "created_at": int(time.time()), "status": status,
+            "error": None, "incomplete_details": None, "instructions": req.get("instructions"),
+            "max_output_tokens": req.get("max_output_tokens"),
+            "model": script.model or req.get("model") or "standin-model", "output": output,
+            "parallel_tool_calls": req.get("parallel_tool_calls", True),
+            "previous_response_id": req.get("previous_response_id"), "reasoning": {"effort": None, "summary": None},
+            "store": req.get("store", True), "temperature": req.get("temperature", 1.0),
+            "text": req.get("text") or {"format": {"type": "text"}}, "tool_choice": req.get("tool_choice", "auto"),
+            "tools": req.get("tools") or [], "top_p": req.get("top_p", 1.0), "truncation": "disabled",
+            "usage": None, "user": None, "metadata": {}}
+
+
+def _response_output(script: Script, n: int) -> list[dict[str, Any]]:
+    if script.tool_calls:
+        return [{"id": f"fc_standin{n}_{i}", "type": "function_call", "status": "completed",
+                 "call_id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                for i, c in enumerate(tool_call_list(script, n))]
+    return [{"id": f"msg_standin{n}", "type": "message", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": "".join(content_chunks(script)), "annotations": [],
+                          "logprobs": []}]}]
+
+
+def response_body(req: Mapping[str, Any], script: Script, n: int) -> dict[str, Any]:
+    body = _response(req, script, n, "completed", _response_output(script, n))
+    if script.usage:
+        body["usage"] = responses_usage_block(req, script)
+    return body
+
+
+def response_stream_events(req: Mapping[str, Any], script: Script, n: int) -> tuple[list[bytes], range]:
+    """Typed events as api.openai.com sends them; the range is where the text deltas are."""
+    seq = itertools.count()
+
+    def ev(kind: str, **fields) -> bytes:
+        data = {"type": kind, "sequence_number": next(seq), **fields}
+        return f"event: {kind}\n".encode() + sse(data)
+
+    shell = _response(req, script, n, "in_progress", [])
+    events = [ev("response.created", response=shell), ev("response.in_progress", response=shell)]
+    output = _response_output(script, n)
+    start = stop = len(events)
+    for index, item in enumerate(output):
+        if item["type"] == "function_call":
+            events.append(ev("response.output_item.added", output_index=index,
+                             item={**item, "status": "in_progress", "arguments": ""}))
+            events.append(ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                             delta=item["arguments"]))
+            events.append(ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                             name=item["name"], arguments=item["arguments"]))
+        else:
+            part = item["content"][0]
+            events.append(ev("response.output_item.added", output_index=index,
+                             item={**item, "status": "in_progress", "content": []}))
+            events.append(ev("response.content_part.added", item_id=item["id"], output_index=index,
+                             content_index=0, part={**part, "text": ""}))
+            start = len(events)
+            events += [ev("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                          delta=c, logprobs=[]) for c in content_chunks(script)]
+            stop = len(events)
+            events.append(ev("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                             text=part["text"], logprobs=[]))
+            events.append(ev("response.content_part.done", item_id=item["id"], output_index=index,
+                             content_index=0, part=part))
+        events.append(ev("response.output_item.done", output_index=index, item=item))
+    final = response_body(req, script, n)
+    events.append(ev("response.completed", response=final))
+    return events, range(start, stop)
 
 
 def sse(obj: Any) -> bytes:
@@ -335,7 +460,8 @@ def openai_error(status: int, message: str | None = None, code: Any = ...) -> di
 
 
 class OpenAIStandIn(StandInServer):
-    """`POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`, Bearer-key checked."""
+    """`POST /v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/v1/embeddings`, `GET /v1/models`,
+    Bearer-key checked."""
 
     def __init__(self, api_key: str = "sk-standin-test", models: Sequence[str] = ("gpt-4o-mini",
                  "text-embedding-3-small"), host: str = "127.0.0.1"):
@@ -360,7 +486,8 @@ class OpenAIStandIn(StandInServer):
         if route == ("GET", "/v1/models"):
             data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "standin"} for m in self.models]
             return conn.respond(req, 200, {"object": "list", "data": data}, headers=headers)
-        if route not in (("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings")):
+        if route not in (("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"), ("POST", "/v1/responses"),
+                         ("POST", "/v1/completions")):
             msg = f"Invalid URL ({req.method} {req.path})"
             return conn.respond(req, 404, openai_error(404, msg, code=None), headers=headers)
         if not isinstance(req.json, dict):
@@ -373,6 +500,8 @@ class OpenAIStandIn(StandInServer):
             return conn.respond(req, script.error_status, body, headers={**headers, **(script.error_headers or {})})
         if req.path == "/v1/embeddings":
             return conn.respond(req, 200, self._embeddings(req.json, script), headers=headers)
+        if req.path in ("/v1/responses", "/v1/completions"):
+            return await self._generate(req, conn, script, headers)
         if not req.json.get("stream"):
             if script.stop_after_chunks is not None:
                 return conn.abort()
@@ -381,6 +510,23 @@ class OpenAIStandIn(StandInServer):
         await conn.send_events(req, "text/event-stream; charset=utf-8", headers, script,
                                chat_stream_events(req.json, script, self.next_id()),
                                range(1, 1 + len(content_chunks(script))), sse(openai_error(500, script.stream_error)))
+
+    async def _generate(self, req, conn, script: Script, headers) -> None:
+        """`/v1/responses` and `/v1/completions`, plain and streamed."""
+        n, responses = self.next_id(), req.path == "/v1/responses"
+        if not req.json.get("stream"):
+            if script.stop_after_chunks is not None:
+                return conn.abort()
+            body = response_body(req.json, script, n) if responses else text_completion(req.json, script, n)
+            return conn.respond(req, 200, body, headers=headers)
+        if responses:
+            events, content = response_stream_events(req.json, script, n)
+            error = b"event: error\n" + sse({"type": "error", "code": "server_error", "param": None,
+                                              "message": script.stream_error or "", "sequence_number": 0})
+        else:
+            events = completion_stream_events(req.json, script, n)
+            content, error = range(0, len(content_chunks(script))), sse(openai_error(500, script.stream_error))
+        await conn.send_events(req, "text/event-stream; charset=utf-8", headers, script, events, content, error)
 
     def _embeddings(self, req: Mapping[str, Any], script: Script) -> dict[str, Any]:
         inputs = req.get("input")

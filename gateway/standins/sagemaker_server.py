@@ -40,6 +40,11 @@ _AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+
                    r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
 _BAD_SIG = ("The request signature we calculated does not match the signature you provided. Check your AWS "
             "Secret Access Key and signing method. Consult the service documentation for details.")
+NO_CAPACITY = ("Inference Component has no capacity to process this request. ApplicationAutoScaling may be "
+               "in-progress (if configured) or try to increase the capacity by invoking "
+               "UpdateInferenceComponentRuntimeConfig API.")  # InvokeEndpoint's 400 for a component at 0 copies
+_NEEDS_COMPONENT = ("Inference Component Name header is required for endpoints to which you plan to deploy inference "
+                    "components. Please include Inference Component Name header or consider using SageMaker models.")
 # AWS error code sent in x-amzn-ErrorType for each scripted HTTP status
 _ERROR_TYPES = {400: "ValidationError", 403: "AccessDeniedException", 424: "ModelError",
                 429: "ThrottlingException", 500: "InternalFailure", 503: "ServiceUnavailable",
@@ -102,14 +107,20 @@ def tgi_stream_events(req: Mapping[str, Any], script: Script) -> list[bytes]:
 
 
 class SageMakerStandIn(StandInServer):
-    """`POST /endpoints/{name}/invocations[-response-stream]` with SigV4 (service `sagemaker`) checked."""
+    """`POST /endpoints/{name}/invocations[-response-stream]` with SigV4 (service `sagemaker`) checked.
+
+    With ``control`` (a SageMakerControlStandIn) its endpoints are served too, and one with managed
+    instance scaling answers as SageMaker does: the `X-Amzn-SageMaker-Inference-Component` header is
+    required, and a component with no copy gets a 400 ValidationError (NO_CAPACITY) at once.
+    """
 
     def __init__(self, endpoints: Iterable[str] = ("standin-endpoint",), region: str = "us-east-1",
                  access_key: str = "testing", secret_key: str = "testing", account: str = "123456789012",
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", control: Any = None):
         super().__init__(host)
         self.endpoints, self.region, self.account = set(endpoints), region, account
         self.access_key, self.secret_key = access_key, secret_key
+        self.control = control
 
     @property
     def base_url(self) -> str:
@@ -173,9 +184,12 @@ class SageMakerStandIn(StandInServer):
         if rejected:
             return self._aws_error(conn, req, 403, rejected[0], {"message": rejected[1]})
         endpoint, stream = unquote(m.group(1)), m.group(2) == "invocations-response-stream"
-        if endpoint not in self.endpoints:
+        if endpoint not in self.endpoints and not (self.control and self.control.knows_endpoint(endpoint)):
             msg = f"Endpoint {endpoint} of account {self.account} not found."
             return self._aws_error(conn, req, 400, "ValidationError", {"message": msg})
+        refused = self._component_refusal(endpoint, req.headers.get("x-amzn-sagemaker-inference-component"))
+        if refused:
+            return self._aws_error(conn, req, 400, "ValidationError", {"message": refused})
         variant = {"x-amzn-RequestId": str(uuid.uuid4()), "x-Amzn-Invoked-Production-Variant": "AllTraffic"}
         if not isinstance(req.json, dict) or not ("messages" in req.json or "inputs" in req.json):
             # the container, not SageMaker, rejects it: AWS wraps that as a 424 ModelError
@@ -197,6 +211,15 @@ class SageMakerStandIn(StandInServer):
             return conn.respond(req, 200, body, headers=variant)
         events = tgi_stream_events(req.json, script) if tgi else chat_stream_events(req.json, script, self.next_id())
         await self._stream(req, conn, script, events, tgi, variant)
+
+    def _component_refusal(self, endpoint: str, component: str | None) -> str | None:
+        """SageMaker's message when the endpoint cannot serve this component now, else None."""
+        if component is None:
+            return _NEEDS_COMPONENT if self.control and self.control.hosts_components(endpoint) else None
+        copies = self.control.component_copies(endpoint, component) if self.control else None
+        if copies is None:
+            return f"Inference Component {component} not found on endpoint {endpoint} of account {self.account}."
+        return NO_CAPACITY if copies == 0 else None
 
     def _model_error(self, conn, req, original_status: int, original_message: str,
                      headers: Mapping[str, str] | None = None):
