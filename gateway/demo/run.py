@@ -156,15 +156,15 @@ def run_demo(opts: DemoOptions, out=None) -> dict:
     started: list = []
     control = openai_up = runtime = gateway = None
     try:
-        control = DemoControlPlane(ep_cfg.endpoint_name, ep_cfg.variant_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
-                                   _AWS["AWS_SECRET_ACCESS_KEY"], startup_real_s=clock.real_s(ep_cfg.startup_s),
-                                   clock=clock).start()
+        control = DemoControlPlane(startup_delay=ep_cfg.startup_s, clock=clock, region=ep_cfg.region,
+                                   access_key=_AWS["AWS_ACCESS_KEY_ID"], secret_key=_AWS["AWS_SECRET_ACCESS_KEY"])
+        control.start()
         started.append(control)
+        control.create_endpoint(ep_cfg.endpoint_name, ep_cfg.variant_name, ep_cfg.instance_type)
         openai_up = DemoOpenAI(opts.speed, api_key, [opts.api_model]).start()
         started.append(openai_up)
-        runtime = DemoSageMaker(opts.speed, ep_cfg.endpoint_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
-                                _AWS["AWS_SECRET_ACCESS_KEY"], ep_cfg.max_tokens_per_second,
-                                ep_cfg.prompt_token_weight, control.instances_in_service, clock).start()
+        runtime = DemoSageMaker(opts.speed, control, ep_cfg.endpoint_name, ep_cfg.max_tokens_per_second,
+                                ep_cfg.prompt_token_weight, clock).start()
         started.append(runtime)
         cfg = demo_config(openai_up.base_url, api_key, runtime.base_url, opts.api_model, opts.speed, port)
         gw_log.addHandler(notes)
@@ -294,6 +294,8 @@ def _print_summary(console, s: dict, notes: _Notes) -> None:
                   f"saved ${float(s['saved_usd']):,.4f}")
     changes = ", ".join(f"{c['from']}→{c['to']} at {c['at_s'] / 60:.0f} min" for c in s["capacity_changes"]) or "none"
     console.print(f"  capacity changes applied: {changes}")
+    console.print("  the endpoint is a stand-in that may go to 0 instances through UpdateEndpointWeightsAndCapacities "
+                  "(on AWS only inference components can; gateway/demo/control_plane.py)", highlight=False)
     if s["failed"]:
         console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx[/yellow]")
     for line in [n for n in notes.lines if n.startswith(("warning", "error")) and "shutdown" not in n][-5:]:
