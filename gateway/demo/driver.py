@@ -36,8 +36,8 @@ class Outcome:
 
 
 def default_shape(progress: float) -> float:
-    """Full volume for the first 70 % of the demo, a tenth of it after: scale up, then down."""
-    return 1.0 if progress < 0.7 else 0.1
+    """Full volume for the first 60 % of the demo, a tenth of it after: scale up, then down."""
+    return 1.0 if progress < 0.6 else 0.1
 
 
 def schedule(trace: Trace, rate_per_hour: float, total_sim_s: float, shape: Callable[[float], float] = default_shape,

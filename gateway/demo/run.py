@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -265,14 +265,15 @@ def _summary(app, driver, control, clock, final, opts, path, interrupted) -> dic
                           "spend_usd": display_usd(ledger.get(name, Decimal(0))),
                           "sum_of_request_costs_usd": display_usd(d["cost_usd"]),
                           "reasons": dict(d["reasons"])}
-    failed = sum(1 for o in driver.outcomes if not 200 <= o.status < 300)
+    failures = Counter(f"HTTP {o.status or 'none'} from {o.backend or 'no backend'} ({o.reason})"
+                       for o in driver.outcomes if not 200 <= o.status < 300)
     return {
         "trace": trace_name(path) or path,
         "trace_licence": "CC-BY-4.0, Azure Public Dataset (see "
                          f"{os.path.join(DATA_DIR, 'README.md')})" if trace_name(path) else None,
         "speed": opts.speed, "api_model": opts.api_model, "interrupted": interrupted,
         "simulated_s": round(clock.elapsed_s(), 1),
-        "requests": len(driver.outcomes), "failed": failed,
+        "requests": len(driver.outcomes), "failed": sum(failures.values()), "failures": dict(failures),
         "backends": backends,
         "spend_usd": display_usd(actual), "api_only_usd": display_usd(api_only),
         "saved_usd": display_usd(api_only - actual),
@@ -297,7 +298,8 @@ def _print_summary(console, s: dict, notes: _Notes) -> None:
     console.print("  the endpoint is a stand-in that may go to 0 instances through UpdateEndpointWeightsAndCapacities "
                   "(on AWS only inference components can; gateway/demo/control_plane.py)", highlight=False)
     if s["failed"]:
-        console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx[/yellow]")
+        console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx: "
+                      f"{', '.join(f'{k}: {n}' for k, n in s['failures'].items())}[/yellow]")
     for line in [n for n in notes.lines if n.startswith(("warning", "error")) and "shutdown" not in n][-5:]:
         console.print(f"  gateway {line}", highlight=False)
     if s["trace_licence"]:

@@ -87,3 +87,33 @@ def test_the_schedule_thins_the_trace_to_the_rate_and_follows_the_shape():
     pairs = set(zip(trace.prompt_tokens, trace.completion_tokens))
     assert all((p, c) in pairs for _, p, c in rows[:200])  # the trace's own token counts
     assert list(schedule(Trace.from_rows([]), 1200, hour)) == []
+
+
+def test_the_live_view_and_the_plain_lines_render_before_and_after_traffic():
+    import io
+    from collections import Counter
+
+    from gateway.demo.driver import Outcome
+    from gateway.demo.view import Frame, make_console, plain_line, render
+
+    empty = Frame(None, 0.0, 3600.0, {}, [], [])
+    doc = {"backends": {"openai": {"type": "openai", "requests_1h": 3, "spend_usd": "0.0125"},
+                        "sagemaker": {"type": "sagemaker", "requests_1h": 5, "spend_usd": "0.2"}},
+           "endpoints": {"sagemaker": {"instances_in_service": 1, "status": "InService", "recommended_instances": 1,
+                                       "recommendation_reason": "at_cheapest", "break_even_requests_per_hour": 280.0,
+                                       "expected_requests_per_hour": 1200.0,
+                                       "last_actuation": {"action": "updated", "current": 0, "target": 1}}},
+           "spend": {"actual_usd": "0.2125", "api_only_usd": "0.5", "saved_usd": "0.2875"}}
+    outcome = Outcome(60.0, 200, "sagemaker", "endpoint_in_service", Decimal("0.01"), 900, 120)
+    full = Frame(doc, 1800.0, 3600.0, {"openai": {"requests": 3, "cost_usd": Decimal("0.0125"),
+                                                  "reasons": Counter(endpoint_not_in_service=3)}},
+                 [outcome], [{"at_s": 600.0, "from": 0, "to": 1}])
+    out = io.StringIO()
+    console = make_console(out)
+    console.width = 200  # no wrapping inside the words looked for
+    for frame in (empty, full):
+        console.print(render(frame, "gateway demo"))
+        console.print(plain_line(frame))
+    text = out.getvalue()
+    assert "above break-even" in text and "0:10:00 0→1" in text and "endpoint_not_in_service 3" in text
+    assert "saved $0.2875 of $0.5000" in text and "1 in service, 1 recommended" in text
