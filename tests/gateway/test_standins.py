@@ -38,7 +38,8 @@ def test_starts_and_stops_fast():
     server = OpenAIStandIn().start()
     started = time.perf_counter() - t0
     server.stop()
-    assert started < 0.5 and time.perf_counter() - t0 < 1.0
+    # far from what a wait on a timeout would take, so a loaded machine does not fail it
+    assert started < 2.0 and time.perf_counter() - t0 < 4.0
 
 
 # ---- OpenAI ----
@@ -106,7 +107,8 @@ def test_delays(openai_standin):
                       json={"model": "m", "messages": MESSAGES, "stream": True}) as r:
         first_byte = time.perf_counter() - t0
         list(r.iter_bytes())
-    assert 0.2 <= first_byte < 0.3 and time.perf_counter() - t0 >= 0.5
+    # lower bounds only: a loaded machine can only make the stand-in later, never earlier
+    assert first_byte >= 0.2 and time.perf_counter() - t0 >= 0.5
 
 
 def test_scripted_errors_then_recovery(openai_standin, oai):
@@ -254,7 +256,7 @@ def test_guard_blocks_non_loopback(network_guard):
         raw.connect(("93.184.215.14", 80))  # a literal IP never goes through getaddrinfo
     with socket.socket() as raw, pytest.raises(ConnectionRefusedError, match="network guard"):
         raw.connect_ex(("example.com", 80))
-    assert time.perf_counter() - t0 < 0.1  # refused before any packet, not timed out
+    assert time.perf_counter() - t0 < 2.5  # refused before any packet, not the 5 s timeout
     assert len(network_guard.violations) == 4
     network_guard.violations.clear()
 
