@@ -44,13 +44,19 @@ def _endpoint(doc: dict) -> tuple[str, dict] | tuple[None, None]:
     return (name, eps[name]) if name else (None, None)
 
 
+def _break_even(ep: dict | None) -> str:
+    be = (ep or {}).get("break_even_requests_per_hour")
+    if be is not None:
+        return f"{be:,.0f} req/h"
+    return "never" if (ep or {}).get("recommendation_reason") == "endpoint_never_pays_off" else "not decided yet"
+
+
 def plain_line(f: Frame) -> str:
     doc = f.doc or {}
     name, ep = _endpoint(doc)
-    be = ep and ep.get("break_even_requests_per_hour")
     parts = [f"[{hms(f.sim_elapsed_s)} of {hms(f.sim_total_s)} simulated]",
              f"volume {float((ep or {}).get('expected_requests_per_hour') or 0):,.0f} req/h",
-             f"break-even {'never' if be is None else f'{be:,.0f}'} req/h"]
+             f"break-even {_break_even(ep)}"]
     if ep:
         parts.append(f"{name} {ep['instances_in_service']} in service, {ep.get('recommended_instances')} recommended")
     for backend, row in (doc.get("backends") or {}).items():
@@ -70,15 +76,16 @@ def render(f: Frame, header: str):
     if ep:
         expected = float(ep.get("expected_requests_per_hour") or 0)
         be = ep.get("break_even_requests_per_hour")
-        if be is None:
+        if be is None and ep.get("recommendation_reason") != "endpoint_never_pays_off":
+            verdict = Text("no capacity decision yet", style="dim")
+        elif be is None:
             verdict = Text("the endpoint never pays off at these prices", style="red")
         elif expected >= be:
             verdict = Text("above break-even: the endpoint pays off", style="green")
         else:
             verdict = Text("below break-even: the API is cheaper", style="yellow")
         grid.add_row("volume", Text.assemble(f"{expected:,.0f} req/h forecast  ·  break-even ",
-                                             ("never" if be is None else f"{be:,.0f} req/h", "bold red"),
-                                             "  ·  ", verdict))
+                                             (_break_even(ep), "bold red"), "  ·  ", verdict))
         act = ep.get("last_actuation") or {}
         last = f"  ·  last change: {act['action']} {act['current']}→{act['target']}" \
             if act and act.get("action") not in (None, "none") else ""
