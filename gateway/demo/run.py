@@ -114,6 +114,9 @@ class _Gateway:
         self.server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=port, loop="asyncio", http=DeadlineHttpToolsProtocol, lifespan="on",
             log_level="critical", access_log=False, timeout_graceful_shutdown=5,
+            # longer than the client's own idle expiry (httpx: 5 s), so the server never closes a
+            # connection the driver is about to reuse (uvicorn's default is also 5 s: a reset race)
+            timeout_keep_alive=30,
         ))
         self.thread = threading.Thread(target=self.server.run, name="gateway-demo-server", daemon=True)
 
