@@ -113,8 +113,9 @@ class TrafficDriver:
             h = e.response.headers
             out = Outcome(sim_t, e.status_code, h.get("x-gateway-backend", ""), h.get("x-gateway-route-reason", ""),
                           Decimal(h["x-gateway-cost-usd"]) if "x-gateway-cost-usd" in h else None, 0, 0)
-        except openai.APIConnectionError:
-            out = Outcome(sim_t, 0, "", "no answer", None, 0, 0)
+        except openai.APIConnectionError as e:  # no HTTP answer: say what the transport saw
+            cause = e.__cause__
+            out = Outcome(sim_t, 0, "", f"no answer: {type(cause or e).__name__}", None, 0, 0)
         finally:
             self._in_flight.release()
         self.outcomes.append(out)
