@@ -444,6 +444,19 @@ class RedisStats:
 
 
 # ---------------------------------------------------------------- main
+MODES = ("nonstream", "stream", "responses", "responses_stream")
+
+
+def _cells(args):
+    """(mode, concurrency, requests) for every cell the arguments ask for (older runs: chat only)."""
+    cells = []
+    for mode in MODES:
+        spec = args.get(mode, "")
+        if spec:
+            cells += [(mode, c, n) for c, n in parse_cells(spec)]
+    return cells
+
+
 def parse_cells(spec):
     out = []
     for part in spec.split(","):
@@ -478,6 +491,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--nonstream", default="1:400,16:1500,64:2000", help="concurrency:requests cells for non-streaming")
     ap.add_argument("--stream", default="1:200,16:600,64:1000", help="concurrency:requests cells for streaming ('' = skip)")
+    ap.add_argument("--responses", default="1:400,16:1500",
+                    help="cells for POST /v1/responses, non-streaming ('' = skip; not run against LiteLLM)")
+    ap.add_argument("--responses-stream", default="16:600", help="cells for POST /v1/responses streamed ('' = skip)")
     ap.add_argument("--direct-mult", type=int, default=5, help="request-count multiplier for the (very fast) direct baseline")
     ap.add_argument("--quick", action="store_true", help="1 rep, small cells (smoke check, ~1/5 of the time)")
     ap.add_argument("--api-key", default="sk-bench-1234", help="sent as Bearer to every target (LiteLLM presets use this master_key)")
@@ -501,15 +517,14 @@ def main():
     if a.summarize:
         meta = json.load(open(os.path.join(a.summarize, "meta.json")))
         m = meta["args"]
-        cells = [("nonstream", c, n) for c, n in parse_cells(m["nonstream"])]
-        if m["stream"]:
-            cells += [("stream", c, n) for c, n in parse_cells(m["stream"])]
+        cells = _cells(m)
         print(summarize(a.summarize, [t["name"] for t in meta["targets"]], cells, meta, meta.get("wall_s", 0)))
         return
     if a.quick:
         a.reps = 1
         a.nonstream = "1:200,16:500,64:800"
         a.stream = "1:100,16:200,64:400"
+        a.responses, a.responses_stream = "1:200,16:500", "16:200"
 
     t_begin = time.monotonic()
     deadline = t_begin + a.max_total_minutes * 60
@@ -591,9 +606,7 @@ def main():
         name, url = spec.split("=", 1)
         targets.append({"name": name, "url": url.rstrip("/"), "managed": False})
 
-    cells = [("nonstream", c, n) for c, n in parse_cells(a.nonstream)]
-    if a.stream:
-        cells += [("stream", c, n) for c, n in parse_cells(a.stream)]
+    cells = _cells(vars(a))
 
     calib_t = time.perf_counter()
     sum(range(10 ** 7))
@@ -664,14 +677,18 @@ def main():
                     if time.monotonic() > deadline:
                         stop_all = True
                         break
+                    if mode.startswith("responses") and t["name"].startswith("litellm"):
+                        continue  # the Responses row compares this gateway with the upstream itself
                     if t["name"] == "direct":
                         n = n * a.direct_mult
                     argv = pin(a.client_cpus) + [py, os.path.join(HERE, "load.py"), "--url", t["url"], "-n", str(n), "-c", str(c),
                                                  "--api-key", a.api_key, "--model", a.model, "--prompt-words", str(a.prompt_words),
                                                  "--max-tokens", str(a.mock_tokens), "--max-seconds", str(a.cell_max_seconds),
                                                  "--label", t["name"], "--json", "-"]
-                    if mode == "stream":
+                    if mode in ("stream", "responses_stream"):
                         argv.append("--stream")
+                    if mode.startswith("responses"):
+                        argv += ["--api", "responses"]
                     rstats = RedisStats(t["redis"]) if t.get("redis") else None
                     gw_cpus = parse_cpus(t.get("cpus", a.proxy_cpus)) if pid and not a.no_pin else None
                     busy0, wall0 = (cpu_busy_s(gw_cpus), time.monotonic()) if gw_cpus else (None, None)
@@ -692,8 +709,9 @@ def main():
                     except Exception:
                         log("!! load.py failed:", r.stdout[-500:], r.stderr[-1500:])
                         continue
-                    ncalls = lambda s: sum(s.get(k, 0) for k in ("chat", "chat_stream", "sagemaker", "sagemaker_stream"))
-                    res.update({"rep": rep, "target": t["name"],
+                    ncalls = lambda s: sum(s.get(k, 0) for k in ("chat", "chat_stream", "sagemaker", "sagemaker_stream",
+                                                                  "responses", "responses_stream"))
+                    res.update({"rep": rep, "target": t["name"], "mode": mode,
                                 "upstream_calls": (ncalls(s1) - ncalls(s0)) if s0 and s1 else None})
                     oq = overhead_quantiles(ob0, ob1)
                     if oq:
@@ -782,9 +800,9 @@ def summarize(out, names, cells, meta, wall):
         L.append("  START FAILED rep %d %s: %s" % (r["rep"], r["target"], r["error"][:200]))
     L.append("")
     L.append("medians over reps; added = median over reps of (target - direct) in the same rep; cpu = gateway CPU ms per request")
-    hdr = "%-18s %-9s %4s %9s %9s %9s %10s %10s %8s %s" % ("target", "mode", "c", "req/s", "p50_ms", "p99_ms", "+p50_ms", "+p99_ms", "cpu_ms", "notes")
+    hdr = "%-18s %-16s %4s %9s %9s %9s %10s %10s %8s %s" % ("target", "mode", "c", "req/s", "p50_ms", "p99_ms", "+p50_ms", "+p99_ms", "cpu_ms", "notes")
     maxes = {}
-    for mode in ("nonstream", "stream"):
+    for mode in MODES:
         cs = [c for m, c, n in cells if m == mode]
         if not cs:
             continue
@@ -807,7 +825,7 @@ def summarize(out, names, cells, meta, wall):
                 if len(rr) > 1:
                     lo, hi = min(r["rps"] for r in rr), max(r["rps"] for r in rr)
                     notes.append("rps %.0f-%.0f" % (lo, hi))
-                if mode == "stream":
+                if mode.endswith("stream") and mode != "nonstream":
                     notes.append("ttfb50 %s" % fmt(med([r.get("ttfb_p50_ms") for r in rr]), 2))
                 bad_up = [r.get("upstream_calls") for r in rr
                           if r.get("upstream_calls") is not None and r["upstream_calls"] != r["requested"] + max(50, 2 * c)]
@@ -826,7 +844,7 @@ def summarize(out, names, cells, meta, wall):
                 if split:
                     tot = sum(split[0]) or 1
                     notes.append("worker cpu share %s" % "/".join("%.0f%%" % (100 * x / tot) for x in split[0]))
-                L.append("%-18s %-9s %4d %9s %9s %9s %10s %10s %8s %s" % (
+                L.append("%-18s %-16s %4d %9s %9s %9s %10s %10s %8s %s" % (
                     nm, mode, c, fmt(rps), fmt(med([r["p50_ms"] for r in rr]), 2), fmt(med([r["p99_ms"] for r in rr]), 2),
                     "-" if nm == "direct" else fmt(add50, 2), "-" if nm == "direct" else fmt(add99, 2),
                     fmt(med([r.get("proxy_cpu_ms_per_req") for r in rr]), 2), "; ".join(notes)))
@@ -834,7 +852,7 @@ def summarize(out, names, cells, meta, wall):
         L.append("")
     L.append("max throughput (best median req/s over concurrencies):")
     for nm in names:
-        parts = ["%s %s" % (m, fmt(maxes.get((nm, m)))) for m in ("nonstream", "stream") if (nm, m) in maxes]
+        parts = ["%s %s" % (m, fmt(maxes.get((nm, m)))) for m in MODES if (nm, m) in maxes]
         if parts:
             L.append("  %-18s %s" % (nm, " | ".join(parts)))
     L.append("")
@@ -893,6 +911,14 @@ def verdict(names, rows, trs, maxes):
         got, lim = ours["%s_max" % mode], ref["%s_max" % mode] * 10
         if got is not None:
             line("max req/s per core, %s >= 10x LiteLLM" % mode, got, lim, got >= lim, "req/s")
+    # the Responses row holds this gateway to the same limits as its chat completions
+    for mode, chat in (("responses", "nonstream"), ("responses_stream", "stream")):
+        got, lim = _cell(rows, "ours", mode, 1, "add_p50_ms"), ref["%s_add_p50" % chat] / 10
+        if got is not None:
+            line("+p50 at c=1, %s <= 1/10 of LiteLLM %s" % (mode, chat), got, lim, got <= lim, "ms")
+        got, lim = maxes.get(("ours", mode)), ref["%s_max" % chat] * 10
+        if got is not None:
+            line("max req/s per core, %s >= 10x LiteLLM %s" % (mode, chat), got, lim, got >= lim, "req/s")
     got, lim = ours["idle_rss_mb"], ref["idle_rss_mb"] / 3
     if got is not None:
         line("idle RSS <= 1/3 of LiteLLM", got, lim, got <= lim, "MB")

@@ -95,10 +95,13 @@ def build_request(a, host_hdr):
         content = " ".join(["benchmark"] * a.prompt_words)
         if a.unique_prompts:
             content = NONCE.decode() + " " + content
-        req = {"model": a.model, "messages": [{"role": "user", "content": content}], "max_tokens": a.max_tokens}
+        if a.api == "responses":
+            req = {"model": a.model, "input": content, "max_output_tokens": a.max_tokens}
+        else:
+            req = {"model": a.model, "messages": [{"role": "user", "content": content}], "max_tokens": a.max_tokens}
         if a.stream:
             req["stream"] = True
-            if a.include_usage:
+            if a.include_usage and a.api == "chat":
                 req["stream_options"] = {"include_usage": True}
         body = json.dumps(req, separators=(",", ":")).encode()
     hdrs = [
@@ -126,7 +129,7 @@ async def run(a):
         raise SystemExit("refusing non-loopback target %s (use --allow-remote deliberately)" % host)
     base_path = u.path.rstrip("/")
     if a.path is None:
-        a.path = base_path + "/v1/chat/completions"
+        a.path = base_path + ("/v1/responses" if a.api == "responses" else "/v1/chat/completions")
     req = build_request(a, "%s:%d" % (host, port))
     if a.unique_prompts:
         if req.count(NONCE) != 1:
@@ -194,12 +197,12 @@ async def run(a):
             ok = status == 200
             if ok:
                 if a.stream:
-                    if b"[DONE]" not in body:
+                    if (b"event: response.completed" if a.api == "responses" else b"[DONE]") not in body:
                         ok = False
                         if rec:
                             note_error("no_DONE", body[-200:].decode("latin-1"))
                 else:
-                    if b'"choices"' not in body:
+                    if (b'"output"' if a.api == "responses" else b'"choices"') not in body:
                         ok = False
                         if rec:
                             note_error("no_choices", body[:200].decode("latin-1"))
@@ -271,6 +274,8 @@ def main(argv=None):
     ap.add_argument("-c", "--concurrency", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=None, help="warm-up requests (default max(50, 2*c))")
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--api", choices=("chat", "responses"), default="chat",
+                    help="chat completions (default) or the Responses API (POST /v1/responses)")
     ap.add_argument("--no-include-usage", dest="include_usage", action="store_false",
                     help="streams: do not send stream_options.include_usage")
     ap.add_argument("--model", default="gpt-4o-mini")

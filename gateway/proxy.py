@@ -25,7 +25,7 @@ from .http.asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_lengt
 from .backends import UpstreamUnavailable
 from .spend.cost import Usage, display_usd, usage_from_openai
 from .http.errors import GatewayError, bad_request
-from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, dumps, off_loop, too_deep
+from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, off_loop, too_deep
 from .tokens import TokenCounter
 from .http.upstream_errors import client_error_body, log_upstream_error, unavailable_message
 

@@ -80,6 +80,8 @@ class BreakEven:
         this many requests (Poisson is assumed before).
     forecast_noise: 0.3 — the largest relative error (from the measured burstiness) a
         forecast window may have; a noisier one gives way to the next longer window.
+    hour_headroom: 1.05 — a scale-up past the first instance is for a rate at most this × the
+        watched hour's (0: off); see ``_best_beyond_first``.
     """
 
     name: ClassVar[str] = "break_even"
@@ -87,13 +89,14 @@ class BreakEven:
     def __init__(self, forecast_window_s: float = 300.0, restart_weight: float = 1.0,
                  min_dwell_s: float = 300.0, size_cv: float = 1.0,
                  peakedness: float = 1.0, min_mix_requests: int = 20, min_burst_requests: int = 200,
-                 forecast_noise: float = 0.3):
+                 forecast_noise: float = 0.3, hour_headroom: float = 1.05):
         checks = {
             "forecast_window_s": forecast_window_s > 0,
             "restart_weight": restart_weight >= 0, "min_dwell_s": min_dwell_s >= 0,
             "size_cv": size_cv >= 0,
             "peakedness": peakedness > 0, "min_mix_requests": min_mix_requests >= 1,
             "min_burst_requests": min_burst_requests >= 1, "forecast_noise": forecast_noise >= 0,
+            "hour_headroom": hour_headroom >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -106,6 +109,7 @@ class BreakEven:
         self.min_mix_requests = int(min_mix_requests)
         self.min_burst_requests = int(min_burst_requests)
         self.forecast_noise = float(forecast_noise)
+        self.hour_headroom = float(hour_headroom)
 
     # -- per request ---------------------------------------------------------------------
     def route(self, ctx: RequestContext) -> Decision:
@@ -162,7 +166,10 @@ class BreakEven:
         # (an hour's average of a busy half-hour and a gap is half what returns)
         level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
         again = costs_by_instances(spec, mix, level * cap_per_req, dispersion)
-        memo: dict[str, float] = {"at": ctx.now_s, "level": level}
+        since = min(ctx.memo.get("since", ctx.now_s), ctx.now_s)
+        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "since": since}
+        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, since, current, dispersion)
+        best_up = best if beyond is None else min(best, beyond)
         here = costs[current - lo]
         up = down = current
         for k in range(lo, hi + 1):
@@ -172,7 +179,7 @@ class BreakEven:
             memo[str(k)] = account
             start = abs(k - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
             if k > current:
-                if account > 0 and account >= self.restart_weight * start and k <= best:
+                if account > 0 and account >= self.restart_weight * start and k <= best_up:
                     up = k  # the largest qualifying count up to the cheapest
             else:
                 # a restart bills its start-up, needs its own account (another start-up's worth of
@@ -183,7 +190,7 @@ class BreakEven:
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
                 if down == current and account > 0 and account >= self.restart_weight * risk:
                     down = k  # the smallest qualifying count
-        details["accounts_usd"] = {k: v for k, v in memo.items() if k not in ("at", "level")}
+        details["accounts_usd"] = {k: v for k, v in memo.items() if k not in ("at", "level", "since")}
         if up > current:
             return CapacityDecision(up, "volume_above_break_even", be, rph, details, _moved(memo, up, +1))
         if down < current and dwelt:
@@ -205,6 +212,27 @@ class BreakEven:
             chosen = max(windows, key=lambda w: w.requests)
         return TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
                                       chosen.seconds, ctx.endpoint, ctx.api_prices)
+
+    def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
+                           fore: VolumeWindow, rph: float, since: float, current: int, dispersion: float) -> int | None:
+        """The cheapest count for a scale-up past the first instance: at a rate the hour has seen.
+
+        An added instance serves overflow, and overflow the watched hour's rate does not show
+        (within ``hour_headroom``) is a peak of minutes: over by the time the instance is in
+        service ``startup_s`` later, while it is billed through its start and the dwell. A ramp
+        lifts the hour's rate too, later. The first instance is exempt: all traffic rides on it,
+        and after a quiet night the hour's rate says nothing about the morning. The hour is the
+        part the policy has watched (a process that started 10 minutes ago has seen 10 minutes).
+        None when the forecast is within that headroom (or the rule is off).
+        """
+        if self.hour_headroom <= 0 or current < 1:
+            return None
+        watched = min(longest.seconds, max(ctx.now_s - since, fore.seconds))
+        capped = self.hour_headroom * longest.requests / watched * 3600.0
+        if capped >= rph:
+            return None
+        costs = costs_by_instances(spec, mix, capped * mix.capacity_tokens_per_request, dispersion)
+        return spec.min_instances + min(range(len(costs)), key=lambda i: (costs[i], i))
 
     def _steady_window(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow, dispersion: float,
                        cap_per_req: float) -> VolumeWindow:
@@ -240,7 +268,7 @@ def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
     base = memo.get(str(to), 0.0)
     out: dict[str, float] = {}
     for key, value in memo.items():
-        if key in ("at", "level"):
+        if key in ("at", "level", "since"):
             out[key] = value
         elif (int(key) - to) * direction > 0:
             out[key] = max(0.0, value - base)

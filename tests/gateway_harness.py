@@ -144,7 +144,7 @@ class ServedGateway:
     After ``__exit__``, ``stderr`` holds the operational log.
     """
 
-    def __init__(self, config_path: str, env: dict | None = None, *extra_args: str, start_timeout: float = 30):
+    def __init__(self, config_path: str, env: dict | None = None, *extra_args: str, start_timeout: float = 90):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"

@@ -132,12 +132,12 @@ class _Synth:
 async def responses_events(req: dict, chat_chunks):
     """Responses SSE bytes from a chat completions SSE byte stream."""
     synth = _Synth(req)
-    yield synth.start()
+    head = synth.start()  # sent with the container's first bytes: time to first byte stays the container's
     pending = b""
     async for data in chat_chunks:
         pending += data
         *events, pending = pending.split(b"\n\n")
-        out = b""
+        out, head = head, b""
         for event in events:
             for line in event.split(b"\n"):
                 if not line.startswith(b"data:"):
@@ -153,4 +153,4 @@ async def responses_events(req: dict, chat_chunks):
                     out += synth.chunk(parsed)
         if out:
             yield out
-    yield synth.end()
+    yield head + synth.end()

@@ -116,6 +116,13 @@ def test_gateway_answers_every_plain_and_streamed_request(mock_and_gateway):
     # pinned to the SageMaker backend: SigV4-signed, through the mock's /endpoints/.../invocations
     pinned = _load(gw_url, "-n", "20", "-c", "2", "--model", "sagemaker/gpt-4o-mini", "--warmup", "0")
     assert (pinned["completed_ok"], pinned["errors"]) == (20, 0), pinned["first_error"]
+    # the Responses API: passed through to the API backend, translated to chat for the endpoint
+    for extra in ((), ("--stream",)):
+        responses = _load(gw_url, "-n", "60", "-c", "4", "--api", "responses", *extra)
+        assert (responses["completed_ok"], responses["errors"]) == (60, 0), responses["first_error"]
+        translated = _load(gw_url, "-n", "10", "-c", "2", "--api", "responses", "--model", "sagemaker/gpt-4o-mini",
+                           "--warmup", "0", *extra)
+        assert (translated["completed_ok"], translated["errors"]) == (10, 0), translated["first_error"]
     unique = _load(gw_url, "-n", "20", "-c", "2", "--unique-prompts", "--prompt-words", "200", "--warmup", "0")
     assert (unique["completed_ok"], unique["errors"]) == (20, 0), unique["first_error"]
     # the key is really required
@@ -136,15 +143,16 @@ def test_compare_runs_end_to_end_on_tiny_cells(tmp_path, bench_env):
     out = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, os.path.join(BENCH, "compare.py"), "--litellm", "", "--ours", "--gateway-venv", gateway_venv,
-         "--nonstream", "1:60", "--stream", "4:40", "--reps", "1", "--direct-mult", "1", "--settle-s", "0.2",
+         "--nonstream", "1:60", "--stream", "4:40", "--responses", "1:30", "--responses-stream", "4:20", "--reps", "1", "--direct-mult", "1", "--settle-s", "0.2",
          "--no-pin", "--mock-port", str(_free_port()), "--base-port", str(_free_port()), "--cell-max-seconds", "20",
          "--max-total-minutes", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=120, env=bench_env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "targets (ours vs anchor" in r.stdout
+    assert "+p50 at c=1, responses <= 1/10" in r.stdout
     assert "| ours |" in r.stdout
     cells = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
-    assert {(c["target"], c["mode"]) for c in cells} == {("direct", "nonstream"), ("direct", "stream"),
-                                                        ("ours", "nonstream"), ("ours", "stream")}
+    assert {(c["target"], c["mode"]) for c in cells} == {
+        (t, m) for t in ("direct", "ours") for m in ("nonstream", "stream", "responses", "responses_stream")}
     assert all(c["errors"] == 0 and c["completed_ok"] == c["requested"] for c in cells)
     assert all(c["upstream_calls"] == c["requested"] + max(50, 2 * c["concurrency"]) for c in cells)

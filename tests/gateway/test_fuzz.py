@@ -19,7 +19,7 @@ from gateway.standins.sagemaker_server import SageMakerStandIn
 
 KEY = "fuzz-key"
 ERROR_FIELDS = {"message", "type", "param", "code"}
-CASES = {"chat": 1000, "embeddings": 500, "raw": 500, "other": 300}
+CASES = {"chat": 1000, "embeddings": 500, "raw": 500, "other": 300, "responses": 400, "completions": 300}
 _FUZZ = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
@@ -67,6 +67,34 @@ emb_input = st.one_of(st.text(max_size=100), st.lists(st.text(max_size=30), max_
                       st.lists(st.lists(st.integers(0, 200_000), max_size=4), max_size=3), json_values)
 emb_body = st.fixed_dictionaries({"model": models, "input": emb_input},
                                  optional={"encoding_format": json_values, "dimensions": json_values})
+# the Responses API: items, parts, tools and what routes to the API, as the translation meets them
+resp_part = st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "input_image", "refusal", "x"])},
+                                  optional={"text": json_values, "image_url": json_values, "detail": json_values})
+resp_item = st.one_of(
+    st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant", "system", "developer"]), json_values)},
+                          optional={"type": st.just("message"), "content": st.one_of(
+                              st.text(max_size=100), st.lists(resp_part, max_size=3), json_values)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["function_call", "function_call_output", "reasoning",
+                                                    "item_reference"])},
+                          optional={"call_id": json_values, "name": json_values, "arguments": json_values,
+                                    "output": json_values}),
+    json_values)
+resp_tool = st.fixed_dictionaries({"type": st.one_of(st.sampled_from(["function", "web_search", "file_search"]),
+                                                     json_values)},
+                                  optional={"name": json_values, "parameters": json_values,
+                                            "description": json_values, "strict": json_values})
+responses_body = st.fixed_dictionaries(
+    {"model": models, "input": st.one_of(st.text(max_size=100), st.lists(resp_item, max_size=4), json_values)},
+    optional={"instructions": json_values, "stream": st.one_of(st.booleans(), json_values),
+              "max_output_tokens": st.one_of(st.integers(-5, 10**9), json_values),
+              "tools": st.one_of(st.lists(resp_tool, max_size=2), json_values), "tool_choice": json_values,
+              "text": st.one_of(st.fixed_dictionaries({"format": json_values}), json_values),
+              "previous_response_id": json_values, "store": json_values, "temperature": json_values})
+completions_body = st.fixed_dictionaries(
+    {"model": models, "prompt": st.one_of(emb_input, json_values)},
+    optional={"stream": st.one_of(st.booleans(), json_values), "stream_options": json_values,
+              "max_tokens": st.one_of(st.integers(-5, 10**9), json_values), "suffix": json_values,
+              "echo": json_values, "n": json_values})
 auth = st.one_of(st.just(f"Bearer {KEY}"), st.just(f"Bearer {KEY}"), st.just(f"Bearer {KEY}"),
                  st.just("Bearer adm"), st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30).map(lambda t: f"Bearer {t}"), st.none())
 header_names = st.sampled_from(["content-type", "x-request-id", "api-key", "accept", "x-anything"])
@@ -108,8 +136,23 @@ def test_embeddings_bodies(fuzz_gateway, body, authorization, extra):
     _check(client.post("/v1/embeddings", content=orjson.dumps(body), headers=_headers(authorization, extra)))
 
 
+@fuzz("responses")
+@given(body=responses_body, authorization=auth, extra=extra_headers)
+def test_responses_bodies(fuzz_gateway, body, authorization, extra):
+    _, client = fuzz_gateway
+    _check(client.post("/v1/responses", content=orjson.dumps(body), headers=_headers(authorization, extra)))
+
+
+@fuzz("completions")
+@given(body=completions_body, authorization=auth, extra=extra_headers)
+def test_completions_bodies(fuzz_gateway, body, authorization, extra):
+    _, client = fuzz_gateway
+    _check(client.post("/v1/completions", content=orjson.dumps(body), headers=_headers(authorization, extra)))
+
+
 @fuzz("raw")
-@given(path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/chat/completions", "/embeddings"]),
+@given(path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/chat/completions", "/embeddings",
+                             "/v1/responses", "/v1/completions"]),
        raw=st.one_of(st.binary(max_size=300), json_values.map(orjson.dumps),
                      st.text(max_size=200).map(str.encode)),
        authorization=auth, extra=extra_headers)

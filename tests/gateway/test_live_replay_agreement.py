@@ -157,8 +157,9 @@ async def drive_live(cfg, trace, replay: Spy, start_instances: int) -> tuple[Spy
 
 def on_trace_clock(memo) -> dict:
     memo = dict(memo)
-    if "at" in memo:
-        memo["at"] -= EPOCH
+    for key in ("at", "since"):  # the policy's clock readings
+        if key in memo:
+            memo[key] -= EPOCH
     return memo
 
 

@@ -277,6 +277,37 @@ def test_follows_a_real_step():
     assert targets[-1] <= 1  # and down again after it
 
 
+
+def test_peaks_of_minutes_start_no_second_instance():
+    # an hour at 0.6× the 1→2 threshold, then 10-minute peaks at 1.5× once an hour for six hours:
+    # each peak is over soon after a second instance would be in service, and the hour's rate
+    # (at most 0.75× the threshold) never asks for one
+    v = _threshold_2()
+    rates = [v * 0.6] * 3600 + [v * (1.5 if (t % 3600) < 600 else 0.6) for t in range(6 * 3600)]
+    targets = drive(build_policy("break_even"), rates, len(rates))
+    assert max(targets) == 1
+    # without the rule the same traffic starts one on the peaks: the test can tell
+    assert max(drive(build_policy("break_even", {"hour_headroom": 0}), rates, len(rates))) >= 2
+
+
+def test_a_fresh_process_counts_the_hour_it_has_watched():
+    # a process that starts into traffic 3× the 1→2 threshold has seen ten minutes, not an hour:
+    # that is the hour's rate, and the second instance is not held back by it
+    v = _threshold_2()
+    rates = [v * 3] * 1800
+    cum, targets = 0.0, []
+    policy, memo, target, last = build_policy("break_even"), {}, 0, 0.0
+    for now in range(600, 1800, 5):  # its first decision at t = 600 s, with 600 s already in the windows
+        wins = tuple(VolumeWindow(float(s), v * 3 * min(s, now), v * 3 * min(s, now) * CONV[0],
+                                  v * 3 * min(s, now) * CONV[1]) for s in (60, 300, 3600))
+        d = policy.plan_capacity(CapacityContext(float(now), SPEC, GPT4O, wins, target, target, last, memo))
+        memo = dict(d.memo)
+        if d.instances != target:
+            target, last = d.instances, float(now)
+        targets.append(target)
+    assert memo["since"] == 600.0
+    assert max(targets) >= 2
+
 # -- per-request decision -------------------------------------------------------------------------
 
 def req(prompt=100, max_tokens=100, in_service=1, backlog=0.0, healthy=True, window=8192):
