@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -117,6 +118,8 @@ class StateConfig:
     redis_url: str | None = None
     key_prefix: str = "gw"
     flush_interval_s: float = 1.0
+    # redis_url names one node of a Redis Cluster; the client discovers the rest
+    redis_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,7 +388,12 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
         redis_url=sr.get("redis_url", str, None),
         key_prefix=sr.get("key_prefix", str, "gw"),
         flush_interval_s=sr.get("flush_interval_s", float, 1.0, minimum=0.05),
+        redis_cluster=sr.get("redis_cluster", bool, False),
     )
+    if state.redis_cluster and not state.redis_url:
+        raise sr.error("redis_cluster", "needs state.redis_url (one node of the cluster)")
+    if state.redis_cluster and urlsplit(state.redis_url).path.strip("/") not in ("", "0"):
+        raise sr.error("redis_url", "a Redis Cluster has only database 0 (end the URL in /0 or nothing)")
     sr.reject_unknown()
 
     vr = root.sub("server")

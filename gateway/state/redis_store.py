@@ -8,6 +8,8 @@
     store.volume().window(time.time(), 300)
     await store.close()                  # final flush
 
+With ``state.redis_cluster: true`` the same runs on a Redis Cluster (``redis_client``).
+
 Key layout (one hash tag, so every key lives in one Redis Cluster slot and a pipeline
 or script may touch any of them; ``{gw}`` is derived from ``key_prefix``):
 
@@ -37,14 +39,13 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import ClassVar, Mapping
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .volume import BUCKET_S, HORIZON_S, VolumeBuckets, bucket_of
 from .base import register
+from .redis_client import SOCKET_TIMEOUT_S, UNAVAILABLE, connect, is_cluster, load_scripts, refresh_topology
+from .volume import BUCKET_S, HORIZON_S, VolumeBuckets, bucket_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ US = "\x1f"  # field separator inside hash fields
 KINDS = "rpc"  # requests, prompt tokens, completion tokens: VolumeBuckets' row order
 NANO = 9  # spend is stored as integer USD * 10**9
 
-SOCKET_TIMEOUT_S = 0.5  # a sync against a dead/hung Redis gives up after this
 BUCKET_TTL_S = HORIZON_S + 2 * BUCKET_S + 60  # outlives the longest window read + slack
 SPEND_TTL_S = 90 * 86400  # ledger of a prefix nobody has written to for 90 days goes away
 ACCRUAL_TTL_S = 7 * 86400
@@ -144,6 +144,11 @@ class RedisStore:
     - after Redis loses the accrual markers, the first claimer starts from the latest
       marker it saw (its own claims, and all markers read at each sync): time another
       process claimed after that read, at most one flush interval, is handed out twice.
+    On a Redis Cluster (``state.redis_cluster``) the same holds: every key shares one slot,
+    so the batch script runs whole on one master or not at all. While that slot migrates,
+    a batch whose keys straddle two masters gets TRYAGAIN, fails (~1 s: redis-py's retries,
+    then reads redirected one by one) and is resent; after a failure the slot map is
+    re-read, so a failover to a replica is followed even when the old master hangs.
     Call ``record``/``add_spend`` from the event loop's thread (no locks on the buffers).
     """
 
@@ -153,6 +158,7 @@ class RedisStore:
         if not state_cfg.redis_url:
             raise ValueError("state.redis_url: RedisStore needs a Redis URL")
         self._url = state_cfg.redis_url
+        self._cluster = bool(getattr(state_cfg, "redis_cluster", False))
         self._host = self._url.rsplit("@", 1)[-1]  # for logs: never a password
         tag = hash_tag(state_cfg.key_prefix)
         # Fresh per instance: batch numbers restart at 1, so a reused id would be deduplicated.
@@ -163,7 +169,8 @@ class RedisStore:
         interval = max(float(state_cfg.flush_interval_s), 0.001)
         self._recent_s = max(RECENT_S, 3 * interval)
         self._cycle = max(1, round(FULL_CYCLE_S / interval))  # syncs per full re-read
-        self._redis: aioredis.Redis | None = None
+        self._redis = None  # redis.asyncio.Redis, or its RedisCluster
+        self._stale_topology = False  # cluster: re-read the slot map before the next call
         self._sha: dict[str, str] = {}
         self._lock = asyncio.Lock()  # one sync (or the final flush) at a time
 
@@ -182,18 +189,10 @@ class RedisStore:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._redis = aioredis.Redis.from_url(
-            self._url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            # One immediate retry, on a dropped connection only: a pooled connection from
-            # before a Redis restart fails on first use. Resending is safe (batches are
-            # deduplicated, reads are idempotent); a timeout is not retried, so a hung
-            # Redis costs one SOCKET_TIMEOUT_S per sync, and nothing backs off.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            client_name=f"gateway-{self._process[:8]}")
+        self._redis = connect(self._url, self._cluster, f"gateway-{self._process[:8]}")
         try:
             await self._load_scripts()
-        except (RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             self._mark_down(exc)  # start anyway: the gateway runs on local state meanwhile
 
     async def close(self) -> None:
@@ -253,12 +252,9 @@ class RedisStore:
         seen = self._seen.get(key)
         args = [key, repr(float(now)), "" if seen is None else repr(seen), ACCRUAL_TTL_S]
         try:
-            try:
-                prev, marker = await self._redis.evalsha(self._sha.get("claim", ""), 1, self._k_accrued, *args)
-            except NoScriptError:
-                await self._load_scripts()
-                prev, marker = await self._redis.evalsha(self._sha["claim"], 1, self._k_accrued, *args)
-        except (RedisError, OSError) as exc:
+            await self._refresh_if_stale()
+            prev, marker = await self._claim(args)
+        except UNAVAILABLE as exc:
             self._mark_down(exc)
             return 0.0  # the marker did not move: this time is claimed after recovery
         self._mark_up()
@@ -266,6 +262,24 @@ class RedisStore:
         return max(0.0, float(now) - float(prev)) if prev else 0.0
 
     # -- internals -----------------------------------------------------------------------
+    async def _claim(self, args: list) -> list:
+        for attempt in (1, 2):
+            try:
+                try:
+                    return await self._redis.evalsha(self._sha.get("claim", ""), 1, self._k_accrued, *args)
+                except NoScriptError:
+                    await self._load_scripts()
+                    return await self._redis.evalsha(self._sha["claim"], 1, self._k_accrued, *args)
+            except RedisConnectionError:
+                if not self._resend_dropped(attempt):
+                    raise  # (the cluster client has re-read the slot map for the resend)
+
+    def _resend_dropped(self, attempt: int) -> bool:
+        """Resend once what failed on a dropped or refused connection? Only on a cluster:
+        its client is built not to retry (a retry there re-reads the slot map from every node,
+        ~3 x SOCKET_TIMEOUT_S when they hang), so this is the single server's one retry."""
+        return self._cluster and attempt == 1
+
     def _has_pending(self) -> bool:
         return bool(self._pending_vol.buckets) or any(self._pending_spend.values())
 
@@ -328,8 +342,9 @@ class RedisStore:
         batch = self._outstanding
         reads = [] if now is None else self._buckets_to_read(now)
         try:
+            await self._refresh_if_stale()
             results = await self._send(batch, reads, now is not None)
-        except (RedisError, OSError) as exc:
+        except UNAVAILABLE as exc:
             self._mark_down(exc)
             return False  # batch stays outstanding, resent as is next time
         self._mark_up()
@@ -343,7 +358,9 @@ class RedisStore:
             pipe = self._redis.pipeline(transaction=False)
             if batch is not None:
                 keys, args = self._batch_args(batch)
-                pipe.evalsha(self._sha.get("apply", ""), len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: redis-py 8.1's cluster pipeline blocks the
+                # latter (redis/redis-py#2914) though it routes EVALSHA by its keys like any other
+                pipe.execute_command("EVALSHA", self._sha.get("apply", ""), len(keys), *keys, *args)
             if totals:
                 pipe.hgetall(self._k_spend)
                 pipe.hgetall(self._k_accrued)
@@ -352,10 +369,19 @@ class RedisStore:
             self.last_sync_commands = len(pipe)
             if not len(pipe):
                 return []
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except RedisConnectionError:  # the node refused or dropped the connection before any reply
+                if not self._resend_dropped(attempt):
+                    raise
+                await refresh_topology(self._redis)  # a failover may have moved our slot
+                continue
             if batch is not None and isinstance(results[0], NoScriptError) and attempt == 1:
                 await self._load_scripts()  # Redis restarted or SCRIPT FLUSH: nothing applied
                 continue
+            dropped = any(isinstance(r, RedisConnectionError) for r in results)
+            if dropped and self._resend_dropped(attempt) and not any(isinstance(r, RedisTimeoutError) for r in results):
+                continue  # a pooled connection from before a node restart; after a timeout: no
             for r in results:
                 if isinstance(r, Exception):
                     raise r  # the batch stays outstanding (if it ran, its resend is skipped)
@@ -383,11 +409,16 @@ class RedisStore:
         self._view.prune(now)
 
     async def _load_scripts(self) -> None:
-        self._sha["apply"] = await self._redis.script_load(_APPLY)
-        self._sha["claim"] = await self._redis.script_load(_CLAIM)
+        self._sha.update(await load_scripts(self._redis, {"apply": _APPLY, "claim": _CLAIM}, self._k_spend))
+
+    async def _refresh_if_stale(self) -> None:
+        if self._stale_topology:
+            await refresh_topology(self._redis)
+            self._stale_topology = False
 
     def _mark_down(self, exc: BaseException) -> None:
         self._need_full = True  # others' pushes during the outage land in closed buckets
+        self._stale_topology = is_cluster(self._redis)  # a failover may have moved our slot
         if self._healthy:
             self._healthy, self._down_since = False, time.monotonic()
             log.warning("Redis at %s unreachable (%s: %s): buffering state locally until it is back",

@@ -32,11 +32,15 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def k8s(kind: str) -> dict:
-    docs = [d for p in K8S.glob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d]
-    found = [d for d in docs if d.get("kind") == kind]
-    assert found, f"no {kind} in {K8S}"
+def k8s(kind: str, name: str | None = None) -> dict:
+    docs = [d for p in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    found = [d for d in docs if d.get("kind") == kind and name in (None, d["metadata"]["name"])]
+    assert found, f"no {kind} {name or ''} in {K8S}"
+    assert name or len(found) == 1, f"several {kind}s in {K8S}: name the one"
     return found[0]
+
+
+GATEWAY_CONFIG = "llm-gateway-config"
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -88,7 +92,7 @@ def test_observability_files_agree():
 
 def test_kubernetes_deployment():
     dep = k8s("Deployment")
-    assert dep["spec"]["replicas"] == 2
+    assert "replicas" not in dep["spec"], "hpa.yaml owns the replica count; a re-apply would reset it"
     pod = dep["spec"]["template"]
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
@@ -102,9 +106,9 @@ def test_kubernetes_deployment():
     assert {"OPENAI_API_KEY", "GATEWAY_API_KEYS"} <= set(secret["stringData"])
     assert {"secretRef": {"name": secret["metadata"]["name"]}} in container["envFrom"]
     config_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
-    assert config_volume["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
+    assert config_volume["configMap"]["name"] == k8s("ConfigMap", GATEWAY_CONFIG)["metadata"]["name"]
 
-    service = k8s("Service")
+    service = k8s("Service", "llm-gateway")
     assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
 
@@ -116,12 +120,83 @@ def test_kustomization_resources_exist():
 
 def test_configmap_config_loads():
     """The ConfigMap is config.yaml verbatim, and passes the gateway's own validation."""
-    assert k8s("ConfigMap")["data"]["config.yaml"] == (ROOT / "config.yaml").read_text(), \
+    assert k8s("ConfigMap", GATEWAY_CONFIG)["data"]["config.yaml"] == (ROOT / "config.yaml").read_text(), \
         "deploy/kubernetes/configmap.yaml differs from config.yaml: copy it over"
-    config = yaml.safe_load(k8s("ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(k8s("ConfigMap", GATEWAY_CONFIG)["data"]["config.yaml"])
     env = {"REDIS_URL": "redis://redis:6379/0", "OPENAI_API_KEY": "sk-test", "GATEWAY_API_KEYS": "k1"}
     parsed = parse_config(config, str(K8S / "configmap.yaml"), env)
     assert parsed.state.redis_url == env["REDIS_URL"]
+
+
+def test_kubernetes_runs_several_replicas_and_drains_one_at_a_time():
+    dep, hpa, pdb = k8s("Deployment"), k8s("HorizontalPodAutoscaler"), k8s("PodDisruptionBudget")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", dep["metadata"]["name"])
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"], "a CPU utilization target needs a CPU request"
+    labels = dep["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    # a drain may take one replica while at least one other serves
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"] == labels and spread["topologyKey"] == "kubernetes.io/hostname"
+    kustomized = load(K8S / "kustomization.yaml")["resources"]
+    assert {"hpa.yaml", "pdb.yaml", "redis.yaml"} <= set(kustomized)
+
+
+def test_kubernetes_replicas_reach_the_redis_deployed_beside_them():
+    """REDIS_URL names redis.yaml's Service and port; the Secret can override it (managed Redis)."""
+    dep = k8s("Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    state = k8s("ConfigMap", "llm-gateway-state")
+    assert container["envFrom"] == [{"configMapRef": {"name": "llm-gateway-state"}},
+                                    {"secretRef": {"name": k8s("Secret")["metadata"]["name"]}}], \
+        "the Secret must come last: a later envFrom source wins"
+    assert not any(e["name"].startswith("REDIS") for e in container.get("env", [])), "env would beat the Secret"
+    url = state["data"]["REDIS_URL"]
+    service, sts = k8s("Service", "llm-gateway-redis"), k8s("StatefulSet", "llm-gateway-redis")
+    host, port = re.fullmatch(r"redis://([^:/]+):(\d+)/0", url).groups()
+    assert host == service["metadata"]["name"] and int(port) == service["spec"]["ports"][0]["port"]
+    pod = sts["spec"]["template"]
+    assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    assert service["spec"]["selector"] != dep["spec"]["selector"]["matchLabels"], "the gateway Service would pick Redis"
+    (redis,) = pod["spec"]["containers"]
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in redis["ports"]}
+    args = " ".join(redis["args"])
+    assert "--appendonly yes" in args and "--appendfsync always" in args, "a restart must not empty the ledger"
+    assert sts["spec"]["replicas"] == 1
+    mount = redis["volumeMounts"][0]
+    assert mount["name"] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] and \
+        f"--dir {mount['mountPath']}" in args
+
+    config = yaml.safe_load(k8s("ConfigMap", GATEWAY_CONFIG)["data"]["config.yaml"])
+    for cluster, expected in ((state["data"]["REDIS_CLUSTER"], False), ("true", True)):
+        env = {**state["data"], "REDIS_CLUSTER": cluster, "OPENAI_API_KEY": "sk-test"}
+        parsed = parse_config(config, str(K8S / "configmap.yaml"), env)
+        assert (parsed.state.redis_url, parsed.state.redis_cluster) == (url, expected)
+
+
+def test_servicemonitor_scrapes_the_gateway_service():
+    monitor, service = k8s("ServiceMonitor"), k8s("Service", "llm-gateway")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # needs the Prometheus Operator's CRD: applied on its own, never by `kubectl apply -k`
+    assert "servicemonitor.yaml" not in load(K8S / "kustomization.yaml")["resources"]
+
+
+def test_kustomize_builds_the_manifests():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (its built-in kustomize checks the kustomization offline)")
+    res = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(res.stdout) if d)
+    assert kinds == sorted(["ConfigMap", "ConfigMap", "Service", "Service", "Deployment", "StatefulSet",
+                            "PodDisruptionBudget", "HorizontalPodAutoscaler"])
 
 
 def test_prometheus_config_passes_promtool():

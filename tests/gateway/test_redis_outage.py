@@ -10,8 +10,10 @@ from openai import OpenAI
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def test_spend_made_during_a_redis_outage_lands_once_redis_is_back(openai_standin, persistent_redis_server):
-    data = standin_config(openai_standin, state={"redis_url": persistent_redis_server.url, "flush_interval_s": 0.2})
+def test_spend_made_during_a_redis_outage_lands_once_redis_is_back(openai_standin, persistent_shared_redis):
+    redis = persistent_shared_redis  # one server, then every master of the cluster at once
+    data = standin_config(openai_standin, state={"redis_url": redis.url, "redis_cluster": redis.cluster,
+                                                 "flush_interval_s": 0.2})
     with RunningGateway(build_config(data, openai=openai_standin)) as gw:
         client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
         admin = lambda: httpx.get(f"{gw.url}/admin/routing").json()  # noqa: E731
@@ -22,7 +24,7 @@ def test_spend_made_during_a_redis_outage_lands_once_redis_is_back(openai_standi
                 model="gpt-4o-mini", messages=MSG).headers["x-gateway-cost-usd"]))
         assert wait_until(lambda: admin()["spend_usd"].get("openai/gpt-4o-mini") == str(sum(costs)))
 
-        persistent_redis_server.stop()  # SIGKILL: an outage, not a clean shutdown
+        redis.stop()  # SIGKILL: an outage, not a clean shutdown
         for _ in range(4):
             r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
             assert r.status_code == 200
@@ -31,7 +33,7 @@ def test_spend_made_during_a_redis_outage_lands_once_redis_is_back(openai_standi
         ready = httpx.get(f"{gw.url}/readyz")
         assert ready.status_code == 200 and ready.json()["state_store_healthy"] is False
 
-        persistent_redis_server.restart()
+        redis.restart()
         assert wait_until(lambda: admin()["state_store"]["healthy"], timeout=15)
         # every request's cost exactly once: the 3 before (kept by Redis' AOF) + the 4 buffered
         assert wait_until(lambda: admin()["spend_usd"].get("openai/gpt-4o-mini") == str(sum(costs)), timeout=15), \

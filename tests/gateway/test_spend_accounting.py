@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, build_config, standin_config
+import redis
+from gateway_harness import RunningGateway, build_config, standin_config, wait_until
 from routing_policies import build_policy
 
 from gateway.app import create_app
@@ -153,3 +154,38 @@ def test_silent_upstream_times_out_but_a_slow_stream_does_not(openai_standin, sa
         r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10,
                        json={"model": "openai/gpt-4o-mini", "messages": MSG})
         assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_error"
+
+
+def test_streamed_and_cut_off_requests_reach_the_shared_ledger(openai_standin, shared_redis):
+    """On one Redis and on a Redis Cluster: the ledger every replica reads holds the sum of
+    every request's cost (access log), streamed, cut off by the client or not."""
+    data = standin_config(openai_standin, state={"redis_url": shared_redis.url, "redis_cluster": shared_redis.cluster,
+                                                 "flush_interval_s": 0.2})
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        openai_standin.script(prompt_tokens=200, completion_tokens=30)
+        assert httpx.post(f"{gw.base_url}/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": MSG}).status_code == 200
+        openai_standin.script(text=[f"w{i} " for i in range(30)])
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+            assert b"[DONE]" in b"".join(r.iter_raw())
+        openai_standin.script(text=[f"word{i} " for i in range(200)], chunk_delay=0.01, usage=False)
+        got = b""
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+            for part in r.iter_raw():
+                got += part
+                if got.count(b"data:") >= 10:
+                    break  # hang up mid-stream
+        entries = gw.entries(at_least=3)
+        assert entries[-1].get("client_disconnected") is True
+        costs = sum((Decimal(e["cost_usd"]) for e in entries), Decimal(0))
+        assert costs > 0
+        ledger = lambda: httpx.get(f"{gw.url}/admin/routing").json()["spend_usd"].get("openai/gpt-4o-mini")  # noqa: E731
+        assert wait_until(lambda: ledger() == str(costs)), (ledger(), costs)
+        assert httpx.get(f"{gw.url}/admin/routing").json()["state_store"] == {"kind": "redis", "healthy": True}
+        # and it is in Redis itself (whole nano-USD; a sub-nano remainder waits in the process)
+        client = (redis.RedisCluster if shared_redis.cluster else redis.Redis).from_url(shared_redis.url)
+        stored = lambda: int(client.hget("{gw}:spend", "openai\x1fgpt-4o-mini") or 0)  # noqa: E731
+        assert wait_until(lambda: stored() == int(costs.scaleb(9))), (stored(), costs)
+        client.close()

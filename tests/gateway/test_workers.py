@@ -22,10 +22,11 @@ def _metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def test_two_workers_share_one_ledger(openai_standin, sagemaker_standin, redis_server, tmp_path):
+def test_two_workers_share_one_ledger(openai_standin, sagemaker_standin, shared_redis, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(standin_config(openai_standin, sagemaker_standin,
-                                                  state={"redis_url": redis_server.url})))
+                                                  state={"redis_url": shared_redis.url,
+                                                         "redis_cluster": shared_redis.cluster})))
     started = time.time()
     with ServedGateway(path, {"STANDIN_OPENAI_KEY": openai_standin.api_key}, "--workers", "2") as gw:
         for _ in range(30):  # a new connection each: the kernel spreads them over both workers

@@ -1,5 +1,6 @@
-"""State stores against a real redis-server (no mocks); the memory store passes the same
-single-process behaviour. Time is passed in explicitly (``now``), so nothing sleeps."""
+"""State stores against a real redis-server and a real three-master Redis Cluster (no mocks);
+the memory store passes the same single-process behaviour. Time is passed in explicitly
+(``now``), so nothing sleeps."""
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def redis_store(url: str, prefix: str = "gw") -> RedisStore:
-    return RedisStore(StateConfig(redis_url=url, key_prefix=prefix, flush_interval_s=1.0))
+def redis_store(server, prefix: str = "gw", url: str | None = None) -> RedisStore:
+    """A store on ``server`` (a RedisServer or the RedisClusterServer), or on ``url``."""
+    return RedisStore(StateConfig(redis_url=url or server.url, key_prefix=prefix, flush_interval_s=1.0,
+                                  redis_cluster=server.cluster))
 
 
 async def started(*stores):
@@ -40,16 +43,17 @@ async def started(*stores):
 
 async def closed(*stores):
     for s in stores:
+        assert s.healthy, "the test ran on the store's local view only: Redis never answered"
         await s.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request):
-    """A factory of (unstarted) stores of one kind; redis ones share one fresh server."""
+    """A factory of (unstarted) stores of one kind; redis ones share one fresh server (cluster)."""
     if request.param == "memory":
         return lambda: MemoryStore(StateConfig())
-    server = request.getfixturevalue("redis_server")
-    return lambda: redis_store(server.url)
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    return lambda: redis_store(server)
 
 
 def windows(store, now, **match):
@@ -104,9 +108,9 @@ def test_claim_accrual_hands_out_each_second_once(make_store):
 
 
 # -- several processes, one Redis ---------------------------------------------------------
-def test_two_stores_share_windows_and_spend(redis_server):
+def test_two_stores_share_windows_and_spend(shared_redis):
     async def go():
-        a, b = await started(redis_store(redis_server.url), redis_store(redis_server.url))
+        a, b = await started(redis_store(shared_redis), redis_store(shared_redis))
         both = MemoryStore()  # what one process seeing all traffic would count
         for i in range(400):  # 400 s of traffic; both replicas sync every second
             for store in (a, both):
@@ -129,9 +133,9 @@ def test_two_stores_share_windows_and_spend(redis_server):
     run(go())
 
 
-def test_claim_accrual_across_stores_sums_to_wall_time(redis_server):
+def test_claim_accrual_across_stores_sums_to_wall_time(shared_redis):
     async def go():
-        stores = await started(*(redis_store(redis_server.url) for _ in range(3)))
+        stores = await started(*(redis_store(shared_redis) for _ in range(3)))
         rng = random.Random(7)
         now, first, claimed = T0, T0, 0.0
         await stores[0].claim_accrual("ep", first)
@@ -146,9 +150,9 @@ def test_claim_accrual_across_stores_sums_to_wall_time(redis_server):
     run(go())
 
 
-def test_sync_rereads_only_recent_buckets_but_catches_late_pushes(redis_server):
+def test_sync_rereads_only_recent_buckets_but_catches_late_pushes(shared_redis):
     async def go():
-        a, b = await started(redis_store(redis_server.url), redis_store(redis_server.url))
+        a, b = await started(redis_store(shared_redis), redis_store(shared_redis))
         await a.sync(T0)
         assert a.last_sync_commands >= 362  # first sync: every bucket of the hour (+2 hashes)
         await a.sync(T0 + 1)
@@ -163,12 +167,12 @@ def test_sync_rereads_only_recent_buckets_but_catches_late_pushes(redis_server):
 
 
 # -- Redis outages --------------------------------------------------------------------------
-def test_outage_buffers_everything_and_it_lands_exactly_once(persistent_redis_server, caplog):
-    server = persistent_redis_server
+def test_outage_buffers_everything_and_it_lands_exactly_once(persistent_shared_redis, caplog):
+    server = persistent_shared_redis
     caplog.set_level(logging.INFO, logger=LOGGER)
 
     async def go():
-        a, b = await started(redis_store(server.url), redis_store(server.url))
+        a, b = await started(redis_store(server), redis_store(server))
         a.record(*KEY, 10, 1, T0)
         a.add_spend(*KEY, Decimal("1.000000001"))
         assert await a.claim_accrual("ep", T0) == 0.0
@@ -204,13 +208,13 @@ def test_outage_buffers_everything_and_it_lands_exactly_once(persistent_redis_se
         (True, False), (False, True)]  # one warning per outage, one when it ends
 
 
-def test_accrual_survives_a_restart_that_lost_the_markers(redis_server):
+def test_accrual_survives_a_restart_that_lost_the_markers(shared_redis):
     async def go():
-        a, b = await started(redis_store(redis_server.url), redis_store(redis_server.url))
+        a, b = await started(redis_store(shared_redis), redis_store(shared_redis))
         assert await a.claim_accrual("ep", T0) == 0.0
         assert await b.claim_accrual("ep", T0 + 10) == 10.0
         await a.sync(T0 + 10)  # a learns b's marker (T0 + 10) from the accrual hash
-        redis_server.restart()  # no persistence: the marker is gone
+        shared_redis.restart()  # no persistence: the marker is gone
         assert await a.claim_accrual("ep", T0 + 30) == 20.0  # a's fallback covers the gap
         assert await b.claim_accrual("ep", T0 + 31) == 1.0
         await closed(a, b)
@@ -225,7 +229,7 @@ def test_a_lost_reply_or_request_is_applied_exactly_once(redis_server, lost, tim
     reconnect handshake) is lost too, sync fails, and the next sync resends the batch."""
     with FaultyProxy(redis_server.port) as proxy:
         async def go():
-            a, b = await started(redis_store(proxy.url), redis_store(redis_server.url))
+            a, b = await started(redis_store(redis_server, url=proxy.url), redis_store(redis_server))
             await a.sync(T0)  # connection and scripts in place: the next request is the batch
             a.record(*KEY, 10, 1, T0 + 1)
             a.add_spend(*KEY, Decimal("0.5"))
@@ -241,21 +245,21 @@ def test_a_lost_reply_or_request_is_applied_exactly_once(redis_server, lost, tim
         run(go())
 
 
-def test_a_hung_redis_times_out_fast_and_its_late_run_is_not_counted_twice(redis_server):
+def test_a_hung_redis_times_out_fast_and_its_late_run_is_not_counted_twice(shared_redis):
     """SIGSTOP: the sync times out (~0.5 s) with the batch sitting in Redis' socket buffer;
     on SIGCONT Redis runs it anyway. The resend must then be skipped."""
     async def go():
-        a, b = await started(redis_store(redis_server.url), redis_store(redis_server.url))
+        a, b = await started(redis_store(shared_redis), redis_store(shared_redis))
         await a.sync(T0)
         a.record(*KEY, 10, 1, T0 + 1)
         a.add_spend(*KEY, Decimal("0.5"))
-        redis_server.pause()
+        shared_redis.pause()
         try:
             began = time.perf_counter()
             await a.sync(T0 + 1)
             assert time.perf_counter() - began < 1.0 and not a.healthy
         finally:
-            redis_server.resume()
+            shared_redis.resume()
         await a.sync(T0 + 2)
         await b.sync(T0 + 2)
         assert a.healthy
@@ -265,11 +269,13 @@ def test_a_hung_redis_times_out_fast_and_its_late_run_is_not_counted_twice(redis
     run(go())
 
 
-def test_unreachable_from_the_start_still_serves_requests(caplog):
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+def test_unreachable_from_the_start_still_serves_requests(caplog, cluster):
     from redis_server import free_port
 
     async def go():
-        store = redis_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+        store = RedisStore(StateConfig(redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+                                       redis_cluster=cluster))
         await store.start()
         assert not store.healthy
         store.record(*KEY, 1, 1, T0)
@@ -284,17 +290,18 @@ def test_unreachable_from_the_start_still_serves_requests(caplog):
 
 
 # -- keys, lifecycle, config ------------------------------------------------------------------
-def test_keys_share_one_slot_and_all_expire(redis_server):
+def test_keys_share_one_slot_and_all_expire(shared_redis):
     async def go():
-        (a,) = await started(redis_store(redis_server.url))
+        (a,) = await started(redis_store(shared_redis))
         a.record(*KEY, 1, 1, T0)
         a.add_spend(*KEY, Decimal("0.1"))
         await a.claim_accrual("ep", T0)
         await a.sync(T0)
         await closed(a)
     run(go())
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    keys = list(client.scan_iter("*"))
+    client = (redis.RedisCluster if shared_redis.cluster else redis.Redis).from_url(shared_redis.url,
+                                                                                    decode_responses=True)
+    keys = list(client.scan_iter("*"))  # on a cluster: every master's
     kinds = {k.split(":")[1] for k in keys}
     assert kinds == {"vol", "spend", "accrued", "seq"}
     assert all(k.startswith("{gw}:") for k in keys)
@@ -312,13 +319,13 @@ def test_hash_tag_is_derived_from_the_prefix():
     assert hash_tag("odd{}") == "{odd{}}"  # an empty {} is no tag to Redis
 
 
-def test_close_flushes_what_is_left(redis_server):
+def test_close_flushes_what_is_left(shared_redis):
     async def go():
-        (a,) = await started(redis_store(redis_server.url))
+        (a,) = await started(redis_store(shared_redis))
         a.record(*KEY, 5, 5, T0)
         a.add_spend(*KEY, Decimal("0.0000000016"))  # 1.6 nano-USD: rounds to 2 at close
         await a.close()
-        (b,) = await started(redis_store(redis_server.url))
+        (b,) = await started(redis_store(shared_redis))
         await b.sync(T0 + 1)
         assert await b.spend_totals() == {KEY: Decimal("0.000000002")}
         assert b.volume().window(T0 + 1, 60).prompt_tokens == 5
@@ -326,6 +333,33 @@ def test_close_flushes_what_is_left(redis_server):
     run(go())
 
 
-def test_build_store_chooses_by_config(redis_server):
+def test_build_store_chooses_by_config(redis_server, redis_cluster):
     assert isinstance(build_store(StateConfig()), MemoryStore)
     assert isinstance(build_store(StateConfig(redis_url=redis_server.url)), RedisStore)
+
+    async def client_kinds():
+        kinds = []
+        for server in (redis_server, redis_cluster):
+            store = build_store(StateConfig(redis_url=server.url, redis_cluster=server.cluster))
+            await store.start()
+            kinds.append((type(store._redis).__name__, store.healthy))
+            await store.close()
+        return kinds
+    assert asyncio.run(client_kinds()) == [("Redis", True), ("RedisCluster", True)]
+
+
+def test_redis_cluster_switch_comes_from_the_environment():
+    from pathlib import Path
+
+    from gateway.config import ConfigError, load_config
+
+    default = Path(__file__).resolve().parents[3] / "config.yaml"
+    env = {"OPENAI_API_KEY": "sk-test", "REDIS_URL": "redis://10.0.0.5:6379/0"}
+    assert load_config(str(default), env).state.redis_cluster is False
+    on = load_config(str(default), {**env, "REDIS_CLUSTER": "true"}).state
+    assert (on.redis_url, on.redis_cluster) == ("redis://10.0.0.5:6379/0", True)
+    with pytest.raises(ConfigError, match=r"state\.redis_cluster: needs state\.redis_url"):
+        load_config(str(default), {**env, "REDIS_URL": "", "REDIS_CLUSTER": "true"})
+    with pytest.raises(ConfigError, match=r"state\.redis_url: a Redis Cluster has only database 0"):
+        load_config(str(default), {**env, "REDIS_URL": "redis://10.0.0.5:6379/2", "REDIS_CLUSTER": "true"})
+    assert load_config(str(default), {**env, "REDIS_URL": "rediss://:p@h:6379", "REDIS_CLUSTER": "1"}).state.redis_cluster
