@@ -61,6 +61,13 @@ class SageMakerBackendConfig:
     min_instances: int = 0
     max_instances: int = 1
     startup_s: float = 300.0
+    # Seconds from "scale up" to serving when no instance runs (new instance, image pull, weights
+    # load): longer than adding one to a running endpoint. None: the same as startup_s.
+    startup_from_zero_s: float | None = None
+    # Set: the endpoint hosts this inference component (managed instance scaling), the only kind of
+    # real-time endpoint that can run 0 instances. Capacity is then applied as its copy count.
+    inference_component_name: str | None = None
+    copies_per_instance: int = 1  # copies of the component one instance holds (its compute requirements)
     # Seconds of full throughput the endpoint may hold as backlog before requests go to the API
     # (routing_policies.admission): the latency a request may see beyond its own decode time.
     max_queue_s: float = 30.0
@@ -263,6 +270,9 @@ def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
         min_instances=r.get("min_instances", int, 0, minimum=0),
         max_instances=r.get("max_instances", int, max(1, count), minimum=1),
         startup_s=r.get("startup_s", float, 300.0, minimum=0),
+        startup_from_zero_s=r.get("startup_from_zero_s", float, None, minimum=0),
+        inference_component_name=r.get("inference_component_name", str, None) or None,
+        copies_per_instance=r.get("copies_per_instance", int, 1, minimum=1),
         max_queue_s=r.get("max_queue_s", float, 30.0, minimum=0.1),
         wire_format=r.get("wire_format", str, "messages", choices=("messages", "tgi")),
         variant_name=r.get("variant_name", str, "AllTraffic"),

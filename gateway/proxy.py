@@ -257,8 +257,8 @@ class Proxy:
             except UpstreamUnavailable as e:
                 rec.upstream_s += time.perf_counter() - t0
                 self.health.failed(route.backend)
-                if i + 1 < len(plan):
-                    rec.reason = f"failover_{route.backend}_unreachable"
+                if i + 1 < len(plan):  # an upstream that says why (e.g. endpoint_not_in_service) names it
+                    rec.reason = getattr(e, "reason", None) or f"failover_{route.backend}_unreachable"
                     continue
                 raise GatewayError(504 if e.timeout else 502, unavailable_message(self.config.backends[route.backend],
                                                                                   str(e)), type="upstream_error") from None

@@ -140,6 +140,13 @@ class EndpointSpec:
     startup_s: float = 300.0  # provisioning delay, billed
     context_window: int | None = None
     queue_s: float = 30.0  # seconds of full throughput the endpoint may hold as backlog (see admission)
+    startup_from_zero_s: float | None = None  # the delay when none runs (None: startup_s), billed
+
+    def startup_for(self, running: int) -> float:
+        """Seconds until added instances serve, when ``running`` instances already do."""
+        if running <= 0 and self.startup_from_zero_s is not None:
+            return self.startup_from_zero_s
+        return self.startup_s
 
     def capacity_tokens(self, prompt_tokens: float, completion_tokens: float) -> float:
         return completion_tokens + self.prompt_token_weight * prompt_tokens

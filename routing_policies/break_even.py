@@ -177,7 +177,8 @@ class BreakEven:
                 continue
             account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (here - costs[k - lo]) / 3600.0)  # USD
             memo[str(k)] = account
-            start = abs(k - current) * spec.hourly_price_usd * spec.startup_s / 3600.0  # USD
+            # the start-up billing of the instances added, going up now or coming back later
+            start = abs(k - current) * spec.hourly_price_usd * spec.startup_for(min(k, current)) / 3600.0  # USD
             if k > current:
                 if account > 0 and account >= self.restart_weight * start and k <= best_up:
                     up = k  # the largest qualifying count up to the cheapest
@@ -185,7 +186,7 @@ class BreakEven:
                 # a restart bills its start-up, needs its own account (another start-up's worth of
                 # missed saving) before it starts, and loses the saving while the forecast window
                 # notices the return (half of it, on average) and while the instances start
-                lost_s = spec.startup_s + fore.seconds / 2.0
+                lost_s = spec.startup_for(k) + fore.seconds / 2.0
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
                 if down == current and account > 0 and account >= self.restart_weight * risk:

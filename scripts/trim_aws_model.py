@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Write the SageMaker control-plane API model cut down to the two calls the gateway makes.
+"""Write the SageMaker control-plane API model cut down to the calls the gateway makes.
 
 botocore's full ``sagemaker`` model (400 kB gzipped, ~26 MB once loaded) describes
-~380 operations; the gateway calls DescribeEndpoint and
-UpdateEndpointWeightsAndCapacities. boto3 loads a model from the first folder on
+~380 operations; the gateway calls DescribeEndpoint,
+UpdateEndpointWeightsAndCapacities and, for inference components, DescribeInferenceComponent and
+UpdateInferenceComponentRuntimeConfig. boto3 loads a model from the first folder on
 its data path that has one, so the cut-down copy in ``gateway/aws_models`` is the
 same model, restricted. Rerun after upgrading botocore:
 
@@ -16,7 +17,8 @@ import os
 
 import botocore.loaders
 
-OPERATIONS = ("DescribeEndpoint", "UpdateEndpointWeightsAndCapacities")
+OPERATIONS = ("DescribeEndpoint", "UpdateEndpointWeightsAndCapacities", "DescribeInferenceComponent",
+              "UpdateInferenceComponentRuntimeConfig")
 OUT = os.path.join(os.path.dirname(__file__), "..", "gateway", "aws_models")
 
 

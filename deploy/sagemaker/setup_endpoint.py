@@ -6,16 +6,22 @@
         --instance-type ml.g5.xlarge --context-window 8192 --wait --print-config > sagemaker-backend.yaml
     python deploy/sagemaker/setup_endpoint.py --endpoint-name gateway-selfhosted --region us-east-1 --delete
 
-The Model, EndpointConfig and Endpoint all take the endpoint's name, so a second run finds and reuses
-them. Progress goes to stderr, the config block to stdout. boto3 itself honours AWS_ENDPOINT_URL_SAGEMAKER.
+With --inference-component the endpoint config has managed instance scaling (MinInstanceCount
+--min-instances, which may be 0) and the model runs as an inference component on it: the only kind of
+real-time endpoint the gateway can scale to zero (it sets the component's copy count).
+
+The Model, EndpointConfig, Endpoint and inference component all take the endpoint's name, so a second
+run finds and reuses them. Progress goes to stderr, the config block to stdout. boto3 itself honours AWS_ENDPOINT_URL_SAGEMAKER.
 README.md (beside this file): costs, and the IAM policy the gateway needs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -26,6 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 VARIANT = "AllTraffic"  # the gateway's default backends.sagemaker.variant_name
 TAGS = [{"Key": "managed-by", "Value": "llm-gateway/setup_endpoint.py"}]  # a cost-allocation tag shows the spend
 STARTUP_HEALTH_CHECK_S = 900  # seconds: the container downloads GBs of weights before its first /ping
+ROUTING = {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}  # a long generation keeps its copy busy
+COMPONENT_POLL_S = 30.0  # seconds between DescribeInferenceComponent calls while waiting (no boto3 waiter)
 
 
 class Refused(Exception):
@@ -45,8 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--instance-count", type=int, default=1, help="instances at creation (>= 1)")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs per instance to shard over (SM_NUM_GPUS)")
     p.add_argument("--context-window", type=int, default=8192, help="tokens, prompt + completion")
-    p.add_argument("--min-instances", type=int, default=1, help="for the printed config; 0: see README")
-    p.add_argument("--max-instances", type=int, help="for the printed config (default: --instance-count)")
+    p.add_argument("--min-instances", type=int, default=1,
+                   help="for the printed config (and, with --inference-component, MinInstanceCount); 0: see README")
+    p.add_argument("--max-instances", type=int, help="for the printed config and MaxInstanceCount "
+                   "(default: --instance-count)")
+    p.add_argument("--inference-component", action="store_true",
+                   help="run the model as an inference component on an endpoint with managed instance scaling "
+                        "(the gateway can then scale it to 0)")
+    p.add_argument("--copies", type=int, default=1, help="with --inference-component: initial copy count")
+    p.add_argument("--copies-per-instance", type=int, default=1,
+                   help="with --inference-component: copies one instance holds (each gets --num-gpus GPUs)")
+    p.add_argument("--memory-per-copy-mb", type=int, default=8192,
+                   help="with --inference-component: host memory one copy needs, MB (>= 128)")
     p.add_argument("--hourly-price-usd", type=Decimal, help="USD per instance-hour, for the printed config")
     p.add_argument("--max-tokens-per-second", type=float, help="completion tokens/s per instance, ditto")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="more container env (repeatable)")
@@ -63,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         (min(args.instance_count, args.num_gpus, args.context_window - 1) < 1,
                          "--instance-count and --num-gpus must be >= 1, --context-window >= 2"),
                         (not 0 <= args.min_instances <= args.max_instances, "need 0 <= --min/--max-instances"),
+                        (args.inference_component and args.max_instances < 1, "--max-instances must be >= 1"),
+                        (args.copies < 0 or args.copies_per_instance < 1 or args.memory_per_copy_mb < 128,
+                         "need --copies >= 0, --copies-per-instance >= 1, --memory-per-copy-mb >= 128"),
                         (any("=" not in kv for kv in args.env), "--env takes KEY=VALUE")):
         if broken:
             p.error(why)
@@ -126,19 +147,34 @@ def ensure_model(sm: Any, args: argparse.Namespace) -> None:
     _say(f"model {name}: created ({args.hf_model_id})")
 
 
+def endpoint_variant(args: argparse.Namespace) -> dict:
+    """The production variant: a model's, or (inference components) instances with managed scaling."""
+    if not args.inference_component:
+        return {"VariantName": VARIANT, "ModelName": args.endpoint_name, "InitialInstanceCount": args.instance_count,
+                "InstanceType": args.instance_type,
+                "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_S}
+    return {"VariantName": VARIANT, "InstanceType": args.instance_type, "InitialInstanceCount": args.instance_count,
+            "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": args.min_instances,
+                                       "MaxInstanceCount": args.max_instances},
+            "RoutingConfig": ROUTING}
+
+
 def ensure_endpoint_config(sm: Any, args: argparse.Namespace) -> None:
     name = args.endpoint_name
-    want = {"VariantName": VARIANT, "ModelName": name, "InitialInstanceCount": args.instance_count,
-            "InstanceType": args.instance_type, "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_S}
+    want = endpoint_variant(args)
+    extra = {"ExecutionRoleArn": args.execution_role_arn} if args.inference_component else {}
     have = _describe(sm.describe_endpoint_config, EndpointConfigName=name)
     if have is not None:
         variants = have.get("ProductionVariants", [])
         got = variants[0] if len(variants) == 1 else {}
-        _check("endpoint config", name, want, {k: got.get(k) for k in want})  # ignore fields AWS fills in
+        _check("endpoint config", name, {**want, **extra},  # ignore fields AWS fills in
+               {**{k: got.get(k) for k in want}, **{k: have.get(k) for k in extra}})
         _say(f"endpoint config {name}: reused ({args.instance_count} x {args.instance_type})")
         return
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[want], Tags=TAGS)
-    _say(f"endpoint config {name}: created ({args.instance_count} x {args.instance_type}, variant {VARIANT})")
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[want], Tags=TAGS, **extra)
+    scaling = (f", managed instance scaling {args.min_instances}-{args.max_instances}"
+               if args.inference_component else "")
+    _say(f"endpoint config {name}: created ({args.instance_count} x {args.instance_type}, variant {VARIANT}{scaling})")
 
 
 def ensure_endpoint(sm: Any, args: argparse.Namespace) -> None:
@@ -157,28 +193,87 @@ def ensure_endpoint(sm: Any, args: argparse.Namespace) -> None:
     _say(f"endpoint {name}: reused (status {status}, instances {counts})")  # the gateway may have resized it
 
 
+def component_spec(args: argparse.Namespace) -> dict:
+    return {"ModelName": args.endpoint_name,
+            "ComputeResourceRequirements": {"NumberOfAcceleratorDevicesRequired": args.num_gpus,
+                                            "MinMemoryRequiredInMb": args.memory_per_copy_mb},
+            "StartupParameters": {"ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_S}}
+
+
+def ensure_component(sm: Any, args: argparse.Namespace) -> None:
+    """The inference component (named after the endpoint); the endpoint must be InService first."""
+    name = args.endpoint_name
+    want = component_spec(args)
+    have = _describe(sm.describe_inference_component, InferenceComponentName=name)
+    if have is not None:
+        if have.get("EndpointName") != name:
+            raise Refused(f"existing inference component {name} is on endpoint {have.get('EndpointName')}, not {name}")
+        got = have.get("Specification", {})
+        _check("inference component", name, want, {k: got.get(k) for k in want})
+        copies = have.get("RuntimeConfig", {}).get("CurrentCopyCount")
+        _say(f"inference component {name}: reused (status {have.get('InferenceComponentStatus')}, copies {copies})")
+        return
+    _say(f"waiting for endpoint {name} to be InService before adding its inference component...")
+    _wait_in_service(sm, name)
+    sm.create_inference_component(InferenceComponentName=name, EndpointName=name, VariantName=VARIANT,
+                                  Specification=want, RuntimeConfig={"CopyCount": args.copies}, Tags=TAGS)
+    _say(f"inference component {name}: created ({args.copies} copies, {args.num_gpus} GPU(s) each)")
+
+
+def _wait_in_service(sm: Any, name: str) -> None:
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=name)
+    except WaiterError:  # Failed or timed out: SageMaker's own reason says which (often the health check)
+        have = sm.describe_endpoint(EndpointName=name)
+        raise Refused(f"endpoint {name} is {have['EndpointStatus']}: "
+                      f"{have.get('FailureReason', 'still not InService')}") from None
+
+
+def _wait_component(sm: Any, name: str, gone: bool, timeout_s: float = 3600.0) -> None:
+    """Until the component is InService (or, with gone, deleted): boto3 has no waiter for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = _describe(sm.describe_inference_component, InferenceComponentName=name)
+        status = None if have is None else have.get("InferenceComponentStatus")
+        if (have is None) if gone else status == "InService":
+            return
+        if status == "Failed" or (have is None and not gone):
+            raise Refused(f"inference component {name} is {status or 'gone'}: {(have or {}).get('FailureReason', '-')}")
+        if time.monotonic() > deadline:
+            raise Refused(f"inference component {name} still {status} after {timeout_s:.0f} s")
+        time.sleep(COMPONENT_POLL_S)
+
+
 def create(sm: Any, args: argparse.Namespace) -> None:
     ensure_model(sm, args)
     ensure_endpoint_config(sm, args)
     ensure_endpoint(sm, args)
-    if args.min_instances == 0:
+    if args.inference_component:
+        ensure_component(sm, args)
+    elif args.min_instances == 0:
         _say("note: min_instances 0 is a recommendation only (routing.dry_run: true) here: resizing this endpoint "
-             "to 0 needs inference components with managed instance scaling (see README)")
+             "to 0 needs an inference component with managed instance scaling (--inference-component, README)")
     if args.wait:
         _say(f"waiting for {args.endpoint_name} to be InService (LLM endpoints take 5-20 min)...")
-        try:
-            sm.get_waiter("endpoint_in_service").wait(EndpointName=args.endpoint_name)
-        except WaiterError:  # Failed or timed out: SageMaker's own reason says which (often the health check)
-            have = sm.describe_endpoint(EndpointName=args.endpoint_name)
-            raise Refused(f"endpoint {args.endpoint_name} is {have['EndpointStatus']}: "
-                          f"{have.get('FailureReason', 'still not InService')}") from None
+        _wait_in_service(sm, args.endpoint_name)
+        if args.inference_component and args.copies > 0:
+            _wait_component(sm, args.endpoint_name, gone=False)
     _say(f"endpoint {args.endpoint_name}: {sm.describe_endpoint(EndpointName=args.endpoint_name)['EndpointStatus']}")
 
 
 def delete(sm: Any, args: argparse.Namespace) -> None:
-    """Deletes what this script creates (all named after the endpoint), and only that."""
+    """Deletes what this script creates (all named after the endpoint), and only that: the inference
+    component first (an endpoint hosting one cannot be deleted), then the endpoint, its config, the model."""
     name = args.endpoint_name
     endpoint = _describe(sm.describe_endpoint, EndpointName=name)
+    # only an endpoint with managed instance scaling can host a component (and none outlives its endpoint)
+    if endpoint is not None and any(v.get("ManagedInstanceScaling") for v in endpoint.get("ProductionVariants", [])):
+        if _describe(sm.describe_inference_component, InferenceComponentName=name) is None:
+            _say(f"inference component {name}: not found")
+        else:  # the endpoint cannot go while it hosts the component: wait until it is gone
+            sm.delete_inference_component(InferenceComponentName=name)
+            _wait_component(sm, name, gone=True)
+            _say(f"inference component {name}: deleted")
     if endpoint is None:
         _say(f"endpoint {name}: not found")
     else:
@@ -204,7 +299,15 @@ def config_block(args: argparse.Namespace) -> str:
     def filled(value: object) -> str:  # null fails the gateway's validation: no silently free endpoint
         return "null" if value is None else str(value)
     q = json.dumps  # a JSON string is a YAML string: a name like "true" or "1e3" stays a string
-    zero_note = "  # 0: a recommendation only on this endpoint (README)" if args.min_instances == 0 else ""
+    zero_note = ("  # 0: a recommendation only on this endpoint (README)"
+                 if args.min_instances == 0 and not args.inference_component else "")
+    component = "" if not args.inference_component else f"""\
+    # the model runs as this inference component: the gateway scales it by copy count, down to 0
+    # (managed instance scaling then stops the instances and their billing)
+    inference_component_name: {q(args.endpoint_name)}
+    copies_per_instance: {args.copies_per_instance}
+    startup_from_zero_s: 600   # seconds from 0 instances to a serving copy (instance + weights); measure yours
+"""
     return f"""\
 # backends.sagemaker for the gateway's config.yaml, from deploy/sagemaker/setup_endpoint.py. Fill in
 # hourly_price_usd (your pricing) and max_tokens_per_second (your benchmark): routing is only as good as they are.
@@ -221,7 +324,7 @@ backends:
     context_window: {args.context_window}  # tokens; the container has MAX_TOTAL_TOKENS={args.context_window}
     min_instances: {args.min_instances}{zero_note}
     max_instances: {args.max_instances}
-    variant_name: {VARIANT}
+{component}    variant_name: {VARIANT}
     wire_format: messages
 """
 

@@ -4,8 +4,11 @@ The request path is the real AWS one, without boto3's blocking client: botocore
 resolves the credential chain once, the endpoint URL honours
 ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, each request is SigV4-signed by botocore's signer and
 sent on the same pooled aiohttp session as the API backend, and streams are
-decoded with botocore's own event-stream parser. litellm's ``sagemaker_chat``
-provider was not used: it ignores the endpoint override and leaks its URL
+decoded with botocore's own event-stream parser. With ``inference_component_name`` every
+invocation names the component in ``X-Amzn-SageMaker-Inference-Component`` (signed like the
+rest); a component scaled to zero copies answers at once, and that answer becomes
+``EndpointNotInService`` so the request goes to the API instead of failing. litellm's
+``sagemaker_chat`` provider was not used: it ignores the endpoint override and leaks its URL
 override into the request body.
 """
 from __future__ import annotations
@@ -20,6 +23,16 @@ from routing_policies import ENDPOINT
 from .base import UpstreamReply, UpstreamUnavailable, register
 from .http_pool import HttpPool
 from .sagemaker_codec import codec_for
+
+COMPONENT_HEADER = "X-Amzn-SageMaker-Inference-Component"
+# InvokeEndpoint's 400 ValidationError for a component with no copy starts with this
+_NO_CAPACITY = b"has no capacity to process this request"
+
+
+class EndpointNotInService(UpstreamUnavailable):
+    """The endpoint answered that nothing serves there now (component at 0 copies): try elsewhere."""
+
+    reason = "endpoint_not_in_service"
 
 
 def runtime_endpoint_url(region: str, configured: str | None, env=os.environ) -> str:
@@ -103,7 +116,12 @@ class SageMakerBackend:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if stream:
             headers["X-Amzn-SageMaker-Accept"] = "application/json"
+        if self.cfg.inference_component_name:
+            headers[COMPONENT_HEADER] = self.cfg.inference_component_name
         reply = await self._pool.post(url, payload, self._signer.sign(url, payload, headers), stream)
+        if reply.status == 400 and _NO_CAPACITY in (reply.body or b""):
+            raise EndpointNotInService(f"SageMaker inference component {self.cfg.inference_component_name} has "
+                                       "no copy running (scaled to zero or scaling up)")
         if reply.status >= 300:
             return UpstreamReply(*self._codec.error_reply(reply.status, reply.body))
         if not stream:

@@ -159,11 +159,14 @@ def run_demo(opts: DemoOptions, out=None) -> dict:
     started: list = []
     control = openai_up = runtime = gateway = None
     try:
-        control = DemoControlPlane(startup_delay=ep_cfg.startup_s, clock=clock, region=ep_cfg.region,
-                                   access_key=_AWS["AWS_ACCESS_KEY_ID"], secret_key=_AWS["AWS_SECRET_ACCESS_KEY"])
-        control.start()
+        from_zero = ep_cfg.startup_from_zero_s
+        control = DemoControlPlane(ep_cfg.endpoint_name, ep_cfg.variant_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
+                                   _AWS["AWS_SECRET_ACCESS_KEY"], startup_real_s=clock.real_s(ep_cfg.startup_s),
+                                   clock=clock, component=ep_cfg.inference_component_name,
+                                   from_zero_real_s=None if from_zero is None else clock.real_s(from_zero),
+                                   copies_per_instance=ep_cfg.copies_per_instance,
+                                   max_instances=ep_cfg.max_instances).start()
         started.append(control)
-        control.create_endpoint(ep_cfg.endpoint_name, ep_cfg.variant_name, ep_cfg.instance_type)
         openai_up = DemoOpenAI(opts.speed, api_key, [opts.api_model]).start()
         started.append(openai_up)
         runtime = DemoSageMaker(opts.speed, control, ep_cfg.endpoint_name, ep_cfg.max_tokens_per_second,
@@ -298,8 +301,6 @@ def _print_summary(console, s: dict, notes: _Notes) -> None:
                   f"saved ${float(s['saved_usd']):,.4f}")
     changes = ", ".join(f"{c['from']}→{c['to']} at {c['at_s'] / 60:.0f} min" for c in s["capacity_changes"]) or "none"
     console.print(f"  capacity changes applied: {changes}")
-    console.print("  the endpoint is a stand-in that may go to 0 instances through UpdateEndpointWeightsAndCapacities "
-                  "(on AWS only inference components can; gateway/demo/control_plane.py)", highlight=False)
     if s["failed"]:
         console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx: "
                       f"{', '.join(f'{k}: {n}' for k, n in s['failures'].items())}[/yellow]")

@@ -61,11 +61,12 @@ class DemoSageMaker(_Paced, SageMakerStandIn):
 
     def __init__(self, speed: float, control, endpoint: str, capacity_tps: float, prompt_weight: float,
                  clock: Callable[[], float]):
-        """``control``: the control-plane stand-in whose endpoint this serves (and whose instances drain it)."""
+        """``control``: the demo's control plane (``DemoControlPlane``): it says which instances serve (they
+        drain the backlog), and with it this answers for the inference component as SageMaker does."""
         super().__init__(endpoints=(), region=control.region, access_key=control.access_key,
                          secret_key=control.secret_key, control=control)
         self.speed, self.capacity_tps, self.prompt_weight = speed, capacity_tps, prompt_weight
-        self._instances, self._clock = (lambda: control.instances(endpoint)), clock
+        self._instances, self._clock = control.instances_in_service, clock
         self._backlog, self._at = 0.0, None  # capacity tokens waiting, at simulated time
         self._backlog_lock = threading.Lock()
 

@@ -4,7 +4,8 @@ Every process ticks, but each second is claimed from the shared store exactly
 once (``StateStore.claim_accrual``), so N workers or replicas count the
 endpoint's time once, not N times. An endpoint nobody has confirmed (and the config
 does not assume) is not charged: its seconds are not even claimed, so that another
-replica that has confirmed the endpoint still counts all of them.
+replica that has confirmed the endpoint still counts all of them. The instances charged are the
+ones AWS bills (``billed_instances``): with an inference component, also those still starting.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class EndpointClock:
             if seconds <= 0:
                 continue
             cfg = self.config.backends[name]
-            usd = Decimal(repr(seconds)) * cfg.hourly_price_usd * status.instances_in_service / _HOUR
+            usd = Decimal(repr(seconds)) * cfg.hourly_price_usd * status.billed_instances / _HOUR
             if usd:
                 self.accrued_usd[name] += usd
                 self._spend[name].inc(float(usd))

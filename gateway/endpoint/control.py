@@ -11,6 +11,11 @@ Both talk to the ``sagemaker`` control-plane API with boto3, in a worker thread
         result = await actuator.apply(decision.instances, decision.reason, now)  # never raises
         # result.target is the recommendation (export it); result.action says what was done
 
+With ``inference_component_name`` in the backend's config the poller also reads
+``DescribeInferenceComponent`` (copies) and the actuator sets the component's copy count
+with ``UpdateInferenceComponentRuntimeConfig`` (0 included: managed instance scaling then
+releases the instances); instance counts convert to copies by ``copies_per_instance``.
+
 The client follows the standard credential chain and honours
 ``AWS_ENDPOINT_URL_SAGEMAKER`` (boto3 reads it itself). ``cfg.endpoint_url`` is the
 *runtime* URL and is deliberately not used here.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -30,9 +36,28 @@ log = logging.getLogger("gateway.endpoint_control")
 
 _DESCRIBE = "DescribeEndpoint"
 _UPDATE = "UpdateEndpointWeightsAndCapacities"
+_DESCRIBE_IC = "DescribeInferenceComponent"
+_UPDATE_IC = "UpdateInferenceComponentRuntimeConfig"
 
 
-# botocore's SageMaker model cut down to the two calls made here (scripts/trim_aws_model.py):
+def instances_for(copies: int, cfg: SageMakerBackendConfig) -> int:
+    """Instances that hold ``copies`` copies of the component (what managed scaling runs)."""
+    return math.ceil(copies / cfg.copies_per_instance)
+
+
+def warn_plain_scale_to_zero(cfg: SageMakerBackendConfig) -> bool:
+    """At start-up: min_instances 0 on a plain endpoint is a recommendation the gateway cannot apply."""
+    if cfg.min_instances != 0 or cfg.inference_component_name:
+        return False
+    log.warning("backends.%s.min_instances: 0 on endpoint %s, which has no inference_component_name: a plain "
+                "SageMaker endpoint cannot be resized to 0 instances (UpdateEndpointWeightsAndCapacities answers "
+                "ValidationException), so 0 stays a recommendation (an actuation to 0 fails); set "
+                "backends.%s.inference_component_name (deploy/sagemaker/setup_endpoint.py --inference-component) "
+                "to scale to zero, or min_instances: 1", cfg.name, cfg.endpoint_name, cfg.name)
+    return True
+
+
+# botocore's SageMaker model cut down to the calls made here (scripts/trim_aws_model.py):
 # the full model costs ~26 MB per process once loaded, the cut one ~1 MB.
 AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aws_models")
 
@@ -109,6 +134,7 @@ class _Control:
 
     def __init__(self, cfg: SageMakerBackendConfig, status: EndpointStatus, client_factory: Callable[[], Any] | None):
         self.cfg, self.status = cfg, status
+        status.inference_component = cfg.inference_component_name
         self._factory = client_factory or (lambda: sagemaker_client(cfg.region))
         self._client_obj: Any = None
         self._busy = False
@@ -152,7 +178,36 @@ class EndpointPoller(_Control):
         return not self._busy and (self._last_attempt is None or now - self._last_attempt >= self.interval_s)
 
     def _describe(self) -> dict:
-        return self._client().describe_endpoint(EndpointName=self.cfg.endpoint_name)
+        desc = self._client().describe_endpoint(EndpointName=self.cfg.endpoint_name)
+        if self.cfg.inference_component_name:  # same thread, same tick: counts from one moment
+            try:
+                desc["_component"] = self._client().describe_inference_component(
+                    InferenceComponentName=self.cfg.inference_component_name)
+            except Exception as e:  # noqa: BLE001 — reported by _apply_component
+                desc["_component_error"] = e
+        return desc
+
+    def _apply_component(self, desc: dict) -> None:
+        """Copies from DescribeInferenceComponent; only instances that hold a copy serve."""
+        st, cfg = self.status, self.cfg
+        st.inference_component = cfg.inference_component_name
+        billed = st.instances_in_service  # the variant's CurrentInstanceCount, just read
+        error = desc.get("_component_error")
+        if error is not None:
+            self._set_error(_DESCRIBE_IC, error)
+            if "Could not find inference component" in _describe_error(error):
+                st.copies = st.desired_copies = 0
+                st.component_status = "NotFound"
+        else:
+            ic = desc["_component"]
+            runtime = ic.get("RuntimeConfig", {})
+            st.copies = int(runtime.get("CurrentCopyCount", 0))
+            st.desired_copies = int(runtime.get("DesiredCopyCount", st.copies))
+            st.component_status = ic.get("InferenceComponentStatus")
+            self._clear_error(_DESCRIBE_IC)
+        st.instances_billed = billed
+        st.instances_in_service = min(billed, instances_for(st.copies, cfg))
+        st.desired_instances = instances_for(st.desired_copies, cfg)
 
     def _unconfirmed(self, e: Exception, reason: str) -> None:
         """No answer, and none before: the state stays unconfirmed (or assumed) and says why, once."""
@@ -179,6 +234,7 @@ class EndpointPoller(_Control):
                 self._set_error(_DESCRIBE, e)
                 self.status.status, self.status.healthy = "NotFound", False
                 self.status.instances_in_service = self.status.desired_instances = 0
+                self.status.instances_billed = self.status.copies = self.status.desired_copies = 0
                 self.status.polled_at = now
             elif self.status.confirmed:
                 self._set_error(_DESCRIBE, e)  # the last answer stands
@@ -199,9 +255,11 @@ class EndpointPoller(_Control):
         if variant is None:
             st.last_error = f"{_DESCRIBE}: no variant {self.cfg.variant_name!r} on endpoint {self.cfg.endpoint_name!r}"
             return True
-        st.instances_in_service = int(variant.get("CurrentInstanceCount", st.instances_in_service))
+        st.instances_in_service = int(variant.get("CurrentInstanceCount", st.billed_instances))
         st.desired_instances = int(variant.get("DesiredInstanceCount", st.desired_instances))
         self._clear_error(_DESCRIBE)
+        if self.cfg.inference_component_name:
+            self._apply_component(desc)
         return True
 
 
@@ -222,7 +280,8 @@ class ActuationResult:
 
 
 class CapacityActuator(_Control):
-    """Applies a capacity decision with ``UpdateEndpointWeightsAndCapacities``, if allowed.
+    """Applies a capacity decision with ``UpdateEndpointWeightsAndCapacities`` (with an inference
+    component: ``UpdateInferenceComponentRuntimeConfig``, copies = instances x copies_per_instance), if allowed.
 
     With ``dry_run`` (the default in config) it never calls AWS and only reports what it
     would do. Otherwise it changes the variant's instance count when the target differs,
@@ -236,6 +295,7 @@ class CapacityActuator(_Control):
         super().__init__(cfg, status, client_factory)
         self.dry_run = dry_run
         self.cooldown_s = cooldown_s
+        warn_plain_scale_to_zero(cfg)
         self._last_attempt: float | None = None
         self.last_result: ActuationResult | None = None
 
@@ -255,6 +315,8 @@ class CapacityActuator(_Control):
             return done("none")
         if st.status != "InService":
             return done("held", f"endpoint is {st.status}, not InService")
+        if cfg.inference_component_name and st.component_status != "InService":
+            return done("held", f"inference component is {st.component_status or 'not described'}, not InService")
         if self.dry_run:
             return done("would_update")
         if self._busy:
@@ -262,17 +324,36 @@ class CapacityActuator(_Control):
         if self._last_attempt is not None and now - self._last_attempt < self.cooldown_s:
             return done("held", f"cooldown: last change {now - self._last_attempt:.0f}s ago, < {self.cooldown_s:.0f}s")
         self._busy, self._last_attempt = True, now  # failures start the cooldown too: no retry every tick
+        op = _UPDATE_IC if cfg.inference_component_name else _UPDATE
+        copies = target * cfg.copies_per_instance
         try:
-            await asyncio.to_thread(lambda: self._client().update_endpoint_weights_and_capacities(
-                EndpointName=cfg.endpoint_name,
-                DesiredWeightsAndCapacities=[{"VariantName": cfg.variant_name, "DesiredInstanceCount": target}],
-            ))
+            await asyncio.to_thread(self._update if op == _UPDATE else self._update_copies, target, copies)
         except Exception as e:  # noqa: BLE001 — reported, never raised into the tick
-            return done("failed", self._set_error(_UPDATE, e))
+            return done("failed", self._set_error(op, e))
         finally:
             self._busy = False
-        self._clear_error(_UPDATE)
-        log.info("endpoint %s: DesiredInstanceCount %d -> %d (%s)", cfg.endpoint_name, current, target, reason)
+        self._clear_error(op)
         # What AWS reports right after the call; the next poll replaces it with the real state.
-        st.status, st.desired_instances = "Updating", target
+        st.desired_instances = target
+        if op == _UPDATE:
+            log.info("endpoint %s: DesiredInstanceCount %d -> %d (%s)", cfg.endpoint_name, current, target, reason)
+            st.status = "Updating"
+            return done("updated")
+        log.info("inference component %s: copies %d -> %d (%s)", cfg.inference_component_name, st.desired_copies,
+                 copies, reason)
+        st.desired_copies = copies
+        if copies < st.copies:  # copies being removed serve nothing from now on
+            st.copies = copies
+            st.instances_in_service = min(st.instances_in_service, instances_for(copies, cfg))
+        else:
+            st.component_status = "Updating"
         return done("updated")
+
+    def _update(self, target: int, copies: int) -> None:
+        self._client().update_endpoint_weights_and_capacities(
+            EndpointName=self.cfg.endpoint_name,
+            DesiredWeightsAndCapacities=[{"VariantName": self.cfg.variant_name, "DesiredInstanceCount": target}])
+
+    def _update_copies(self, target: int, copies: int) -> None:
+        self._client().update_inference_component_runtime_config(
+            InferenceComponentName=self.cfg.inference_component_name, DesiredRuntimeConfig={"CopyCount": copies})

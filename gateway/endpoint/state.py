@@ -14,6 +14,11 @@ time) and routed to:
 
     status = EndpointStatus.initial("sagemaker", assumed_instances=0)
     status.state, status.serving   # ("unconfirmed", False)
+
+An endpoint hosting an inference component (``inference_component``) is billed for the
+instances its variant runs (``billed_instances``) but serves only where a copy runs:
+``instances_in_service`` then counts the instances that hold copies, and the copy counts
+(``copies``, ``desired_copies``, ``component_status``) come from DescribeInferenceComponent.
 """
 from __future__ import annotations
 
@@ -34,6 +39,11 @@ class EndpointStatus:
     last_error: str | None = None
     polled_at: float | None = None  # epoch seconds of the last DescribeEndpoint that answered
     reason: str | None = None  # while not confirmed: why not ("no AWS credentials", ...)
+    instances_billed: int | None = None  # instances AWS bills; None: instances_in_service
+    inference_component: str | None = None
+    copies: int = 0  # CurrentCopyCount of the component
+    desired_copies: int = 0
+    component_status: str | None = None  # InferenceComponentStatus (or NotFound)
 
     @classmethod
     def initial(cls, backend: str, assumed_instances: int = 0, reason: str | None = "not described yet"):
@@ -47,6 +57,7 @@ class EndpointStatus:
             return
         self.status = ASSUMED if instances > 0 else UNCONFIRMED
         self.instances_in_service = self.desired_instances = instances
+        self.instances_billed = None
 
     @property
     def confirmed(self) -> bool:
@@ -65,6 +76,11 @@ class EndpointStatus:
         return self.status != UNCONFIRMED
 
     @property
+    def billed_instances(self) -> int:
+        """Instances whose time is charged: all the variant runs, copies or not."""
+        return self.instances_in_service if self.instances_billed is None else self.instances_billed
+
+    @property
     def serving(self) -> bool:
         return self.healthy and self.instances_in_service > 0 and self.status in _SERVING
 
@@ -72,4 +88,8 @@ class EndpointStatus:
         """For ``/readyz`` and ``/admin/routing``."""
         return {"state": self.state, "status": self.status, "reason": None if self.confirmed else self.reason,
                 "instances_in_service": self.instances_in_service, "desired_instances": self.desired_instances,
+                "instances_billed": self.billed_instances,
+                "inference_component": None if self.inference_component is None else {
+                    "name": self.inference_component, "status": self.component_status, "copies": self.copies,
+                    "desired_copies": self.desired_copies},
                 "last_error": self.last_error, "confirmed_at": self.polled_at}

@@ -6,9 +6,10 @@ The model (the simulator's, so that a policy's ratio to it is fair):
   instances *in service* in each interval, within [min_instances, max_instances].
 * An instance in service over an interval costs ``interval_s`` of billing; every
   instance added costs ``startup_s`` more (it was provisioned that long before, billed
-  and not serving). With hindsight the start can always be early enough, except that
+  and not serving), ``startup_from_zero_s`` when it is added to none (a cold start, as in
+  the simulator). With hindsight the start can always be early enough, except that
   nothing can be provisioned before the trace starts: during the first
-  ``ceil(startup_s / interval_s)`` intervals the count cannot rise above the starting
+  ``ceil(startup / interval_s)`` intervals the count cannot rise above the starting
   count (``min_instances``, in service at t=0, as in the simulator). Removing an
   instance is free and immediate.
 * Requests whose prompt + completion exceed the endpoint's context window pay the API.
@@ -121,9 +122,8 @@ def hindsight_optimum(trace: Trace, setup: ReplaySetup, interval_s: float = 60.0
     counts = sorted(refused)
     k_count = len(refused[counts[0]])
     per_s = spec.hourly_price_usd / 3600.0
-    start_usd = spec.startup_s * per_s  # one instance's start-up billing
     s0 = min(max(setup.start_instances, counts[0]), counts[-1])
-    frozen = math.ceil(spec.startup_s / interval_s - 1e-9)  # intervals before a new instance can serve
+    frozen = math.ceil(spec.startup_for(s0) / interval_s - 1e-9)  # intervals before a new instance can serve
 
     inf = math.inf
     best = {n: (0.0 if n == s0 else inf) for n in counts}
@@ -138,7 +138,7 @@ def hindsight_optimum(trace: Trace, setup: ReplaySetup, interval_s: float = 60.0
                 v = best[n]
                 if v == inf:
                     continue
-                v += (m - n) * start_usd if m > n else 0.0
+                v += (m - n) * spec.startup_for(n) * per_s if m > n else 0.0  # their start-up billing
                 if v < cand:
                     cand, where = v, n
             nxt[m], arg[m] = cand + step, where
@@ -154,15 +154,16 @@ def hindsight_optimum(trace: Trace, setup: ReplaySetup, interval_s: float = 60.0
         schedule[k] = cur
         cur = back[k][cur]
 
-    starts, prev = 0, s0
+    starts, start_s, prev = 0, 0.0, s0
     hours_at: dict[int, float] = {}
     api = misfit
     for k, m in enumerate(schedule):
         starts += max(0, m - prev)
+        start_s += max(0, m - prev) * spec.startup_for(prev)
         prev = m
         hours_at[m] = hours_at.get(m, 0.0) + interval_s / 3600.0
         api += refused[m][k]
-    inst_hours = (sum(schedule) * interval_s + starts * spec.startup_s) / 3600.0
+    inst_hours = (sum(schedule) * interval_s + start_s) / 3600.0
     endpoint = inst_hours * spec.hourly_price_usd
     return Optimum(api + endpoint, api, endpoint, inst_hours, starts, interval_s, horizon,
                    schedule, dict(sorted(hours_at.items())))

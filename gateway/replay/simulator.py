@@ -13,8 +13,8 @@ The simulated world, and why it matches the live gateway:
   ``ReplaySetup.window_traffic="all"`` counts every request instead, as the live
   gateway's ``routing.planner.sum_windows`` does today. The simulated endpoint then
   *follows* the decision, as if actuation were on: new instances are billed at once and
-  serve ``startup_s`` later; removed instances stop billing at once, youngest (still
-  starting) first.
+  serve ``startup_s`` later (``startup_from_zero_s`` when none was provisioned: a cold
+  start); removed instances stop billing at once, youngest (still starting) first.
 * Every request gets the same ``RequestContext`` (candidates in the model's configured
   order). ``max_tokens`` is the request's completion tokens: the trace does not say what
   the client asked for, and the completion is the least it must have allowed.
@@ -208,7 +208,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     ep_name, model = setup.endpoint_name, setup.model
     ctx_window, tps, weight, queue_s = spec.context_window, spec.max_tokens_per_second, spec.prompt_token_weight, spec.queue_s
     route, plan = policy.route, policy.plan_capacity
-    interval, startup = setup.capacity_interval_s, spec.startup_s
+    interval = setup.capacity_interval_s
     lo_inst, hi_inst = spec.min_instances, max(spec.min_instances, spec.max_instances)
 
     # endpoint state
@@ -250,6 +250,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
             return
         target, last_change = new, now
         if new > provisioned:
+            startup = spec.startup_for(provisioned)  # from zero: a cold start, longer
             if startup <= 0:
                 serving += new - provisioned
             else:

@@ -26,6 +26,7 @@ def endpoint_spec(cfg) -> EndpointSpec:
         min_instances=cfg.min_instances,
         max_instances=cfg.max_instances,
         startup_s=cfg.startup_s,
+        startup_from_zero_s=cfg.startup_from_zero_s,
         context_window=cfg.context_window,
         queue_s=cfg.max_queue_s,
     )

@@ -112,6 +112,7 @@ class SageMakerStandIn(StandInServer):
     With ``control`` (a SageMakerControlStandIn) its endpoints are served too, and one with managed
     instance scaling answers as SageMaker does: the `X-Amzn-SageMaker-Inference-Component` header is
     required, and a component with no copy gets a 400 ValidationError (NO_CAPACITY) at once.
+    Without it the header is only recorded.
     """
 
     def __init__(self, endpoints: Iterable[str] = ("standin-endpoint",), region: str = "us-east-1",
@@ -213,10 +214,15 @@ class SageMakerStandIn(StandInServer):
         await self._stream(req, conn, script, events, tgi, variant)
 
     def _component_refusal(self, endpoint: str, component: str | None) -> str | None:
-        """SageMaker's message when the endpoint cannot serve this component now, else None."""
+        """SageMaker's message when the endpoint cannot serve this component now, else None.
+
+        Without a control plane nothing is known about components: any named one serves.
+        """
+        if self.control is None:
+            return None
         if component is None:
-            return _NEEDS_COMPONENT if self.control and self.control.hosts_components(endpoint) else None
-        copies = self.control.component_copies(endpoint, component) if self.control else None
+            return _NEEDS_COMPONENT if self.control.hosts_components(endpoint) else None
+        copies = self.control.component_copies(endpoint, component)
         if copies is None:
             return f"Inference Component {component} not found on endpoint {endpoint} of account {self.account}."
         return NO_CAPACITY if copies == 0 else None

@@ -126,3 +126,62 @@ def test_print_config_passes_gateway_validation(setup_endpoint, sm, capsys):
     with pytest.raises(ConfigError, match="backends.sagemaker.hourly_price_usd: is required"):
         parse_config({**minimal, "backends": yaml.safe_load(out)["backends"]}, "printed.yaml", env={})
     assert setup_endpoint.main(["--endpoint-name", name, "--region", REGION, "--delete"]) == 0
+
+
+def test_inference_component_create_reuse_print_delete(setup_endpoint, capsys, monkeypatch):
+    """--inference-component against the control-plane stand-in (moto has no inference components)."""
+    from gateway.standins.sagemaker_control import SageMakerControlStandIn
+
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    prices = ["--hourly-price-usd", "1.408", "--max-tokens-per-second", "300"]
+    ic_args = ["--inference-component", "--min-instances", "0", "--max-instances", "3", "--copies", "1",
+               "--copies-per-instance", "1", "--memory-per-copy-mb", "16384"]
+    with SageMakerControlStandIn() as cp:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", cp.url)
+        sm = boto3.client("sagemaker", region_name=REGION)
+        assert setup_endpoint.main(create_args(name, *ic_args, "--wait", "--print-config", *prices, count=1)) == 0
+        out, err = capsys.readouterr()
+        for kind in ("model", "endpoint config", "endpoint", "inference component"):
+            assert f"{kind} {name}: created" in err
+        config = sm.describe_endpoint_config(EndpointConfigName=name)
+        variant = config["ProductionVariants"][0]
+        assert config["ExecutionRoleArn"] == ROLE and "ModelName" not in variant
+        assert variant["ManagedInstanceScaling"] == {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 3}
+        assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+        ic = sm.describe_inference_component(InferenceComponentName=name)
+        assert (ic["EndpointName"], ic["InferenceComponentStatus"], ic["RuntimeConfig"]["CurrentCopyCount"]) == \
+            (name, "InService", 1)
+        assert ic["Specification"]["ModelName"] == name
+        assert ic["Specification"]["ComputeResourceRequirements"] == {
+            "NumberOfAcceleratorDevicesRequired": 1, "MinMemoryRequiredInMb": 16384}
+
+        printed = yaml.safe_load(out)
+        minimal = {"backends": printed["backends"],
+                   "models": {"chat": {"backends": [{"backend": "sagemaker", "model": "chat"}]}}}
+        cfg = parse_config(minimal, "printed.yaml", env={}).backends["sagemaker"]
+        assert (cfg.inference_component_name, cfg.copies_per_instance, cfg.min_instances, cfg.max_instances) == \
+            (name, 1, 0, 3)
+        assert cfg.startup_from_zero_s > cfg.startup_s
+        assert "a recommendation only" not in out  # 0 is applied on this endpoint
+
+        assert setup_endpoint.main(create_args(name, *ic_args, count=1)) == 0
+        err = capsys.readouterr().err
+        for kind in ("model", "endpoint config", "endpoint", "inference component"):
+            assert f"{kind} {name}: reused" in err
+        assert ": created" not in err
+        assert len(sm.list_inference_components(EndpointNameEquals=name)["InferenceComponents"]) == 1
+
+        changed = [a if a != "16384" else "8192" for a in ic_args]
+        assert setup_endpoint.main(create_args(name, *changed, count=1)) == 2
+        err = capsys.readouterr().err
+        assert f"existing inference component {name} differs" in err and "ComputeResourceRequirements" in err
+        assert sm.describe_inference_component(InferenceComponentName=name)["Specification"][
+            "ComputeResourceRequirements"]["MinMemoryRequiredInMb"] == 16384  # untouched
+
+        assert setup_endpoint.main(["--endpoint-name", name, "--region", REGION, "--delete", "--wait"]) == 0
+        err = capsys.readouterr().err
+        for kind in ("inference component", "endpoint", "endpoint config", "model"):
+            assert f"{kind} {name}: deleted" in err
+        assert not exists(sm.describe_inference_component, InferenceComponentName=name)
+        assert not exists(sm.describe_endpoint, EndpointName=name)
+    assert not cp.errors

@@ -103,7 +103,9 @@ def test_default_config_without_aws_credentials_neither_charges_nor_tries_the_en
         assert body["ready"] is True
         assert body["endpoints"]["sagemaker"] | {"last_error": None} == {
             "state": "unconfirmed", "status": "unconfirmed", "reason": "no AWS credentials",
-            "instances_in_service": 0, "desired_instances": 0, "last_error": None, "confirmed_at": None}
+            "instances_in_service": 0, "desired_instances": 0, "last_error": None, "confirmed_at": None,
+            "instances_billed": 0, "inference_component": {"name": "gateway-selfhosted", "status": None,
+                                                           "copies": 0, "desired_copies": 0}}
         assert "NoCredentialsError" in body["endpoints"]["sagemaker"]["last_error"]
         admin = httpx.get(f"{gw.url}/admin/routing", headers={"Authorization": "Bearer gw-admin-key"}).json()
         endpoint = admin["endpoints"]["sagemaker"]

@@ -1,6 +1,7 @@
 """Unit tests of the break-even policy and its economics: pure, no I/O, fast."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -329,3 +330,25 @@ def req(prompt=100, max_tokens=100, in_service=1, backlog=0.0, healthy=True, win
 def test_route(ctx, backend, reason):
     d = build_policy("break_even").route(ctx)
     assert (d.backend, d.reason) == (backend, reason)
+
+
+def test_startup_from_zero_is_its_own_delay():
+    cold = dataclasses.replace(SPEC, startup_from_zero_s=720.0)
+    assert (cold.startup_for(0), cold.startup_for(1), cold.startup_for(3)) == (720.0, 360.0, 360.0)
+    assert SPEC.startup_for(0) == SPEC.startup_s == 360.0  # not set: the same as adding one
+
+
+def test_a_cold_start_must_be_paid_back_before_scaling_up_from_zero():
+    # the start-up billing a scale-up from 0 risks is the from-zero one: twice as long, twice the account
+    def first_up(spec):
+        policy, memo, now = build_policy("break_even"), {}, 10_000.0
+        for i in range(3600 // 5):
+            d = policy.plan_capacity(CapacityContext(now + 5 * i, spec, GPT4O, windows(400), 0, 0, 0.0, memo))
+            memo = dict(d.memo)
+            if d.instances > 0:
+                return 5 * i
+        return None
+
+    warm, cold = first_up(SPEC), first_up(dataclasses.replace(SPEC, startup_from_zero_s=720.0))
+    assert warm is not None and cold is not None
+    assert 1.8 * warm <= cold <= 2.2 * warm

@@ -97,6 +97,20 @@ def test_scale_down_cancels_the_starting_instance_first_and_stops_its_billing():
     assert policy.seen_in_service == [(12.0, 1), (16.0, 1)]  # B never came into service
 
 
+def test_a_cold_start_takes_startup_from_zero_s_and_is_billed_throughout():
+    spec = EndpointSpec(3.6, 10.0, 0.0, min_instances=0, max_instances=2, startup_s=10.0, context_window=100,
+                        startup_from_zero_s=20.0)
+    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(0.001, 0.002), spec, capacity_interval_s=5.0)
+    trace = Trace.from_rows([(12.0, 1, 1), (21.0, 1, 1), (30.0, 1, 1), (36.0, 1, 1)])
+    policy = Scripted([(0, 1), (25, 2)])
+    r = simulate(trace, policy, setup, horizon_s=40.0)
+    # A from nothing at t=0: serves from t=20; B beside it at t=25: the shorter start-up, serves from t=35
+    assert policy.seen_in_service == [(12.0, 0), (21.0, 1), (30.0, 1), (36.0, 2)]
+    # billed while starting: A 0..40 (40 s), B 25..40 (15 s) at 0.001 USD/s
+    assert r.endpoint_spend_usd == pytest.approx(0.055)
+    assert r.instances_started == 2
+
+
 def naive_refused(trace, spec, prices, n, interval_s, k_count):
     """Admission by the queue's sup formula (Lindley): an independent re-implementation for the brute force.
 
@@ -118,9 +132,11 @@ def naive_refused(trace, spec, prices, n, interval_s, k_count):
     return out
 
 
-def test_optimum_matches_brute_force_on_a_tiny_case():
+@pytest.mark.parametrize("from_zero", [None, 25.0])
+def test_optimum_matches_brute_force_on_a_tiny_case(from_zero):
     spec = EndpointSpec(hourly_price_usd=36.0, max_tokens_per_second=4.0, prompt_token_weight=0.1,
-                        min_instances=0, max_instances=2, startup_s=15.0, context_window=80, queue_s=10.0)
+                        min_instances=0, max_instances=2, startup_s=15.0, context_window=80, queue_s=10.0,
+                        startup_from_zero_s=from_zero)
     prices = TokenPrices(0.0005, 0.003)
     setup = ReplaySetup("m", "openai", "sagemaker", prices, spec)
     rng = random.Random(3)
@@ -133,14 +149,15 @@ def test_optimum_matches_brute_force_on_a_tiny_case():
     per_s = spec.hourly_price_usd / 3600
     misfit = sum(prices.request_cost(p, c) for _, p, c in rows if p + c > spec.context_window)
     refused = {n: naive_refused(trace, spec, prices, n, interval, k_count) for n in (0, 1, 2)}
-    frozen = math.ceil(spec.startup_s / interval)  # 2 intervals: nothing can be in service yet
+    frozen = math.ceil(spec.startup_for(0) / interval)  # 2 (3 from zero) intervals: nothing can serve yet
     best = math.inf
     for schedule in itertools.product((0, 1, 2), repeat=k_count):
         if any(schedule[k] > 0 for k in range(frozen)):
             continue
-        starts = sum(max(0, b - a) for a, b in zip((0,) + schedule, schedule))
+        start_s = sum(max(0, b - a) * (from_zero or spec.startup_s if a == 0 else spec.startup_s)
+                      for a, b in zip((0,) + schedule, schedule))
         cost = misfit + sum(refused[n][k] for k, n in enumerate(schedule))
-        cost += (sum(schedule) * interval + starts * spec.startup_s) * per_s
+        cost += (sum(schedule) * interval + start_s) * per_s
         best = min(best, cost)
     got = hindsight_optimum(trace, setup, interval_s=interval, horizon_s=horizon)
     assert got.spend_usd == pytest.approx(best)
