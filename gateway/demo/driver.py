@@ -36,8 +36,8 @@ class Outcome:
 
 
 def default_shape(progress: float) -> float:
-    """Full volume for the first 70 % of the demo, a tenth of it after: scale up, then down."""
-    return 1.0 if progress < 0.7 else 0.1
+    """Full volume for the first 60 % of the demo, a tenth of it after: scale up, then down."""
+    return 1.0 if progress < 0.6 else 0.1
 
 
 def schedule(trace: Trace, rate_per_hour: float, total_sim_s: float, shape: Callable[[float], float] = default_shape,
@@ -113,8 +113,9 @@ class TrafficDriver:
             h = e.response.headers
             out = Outcome(sim_t, e.status_code, h.get("x-gateway-backend", ""), h.get("x-gateway-route-reason", ""),
                           Decimal(h["x-gateway-cost-usd"]) if "x-gateway-cost-usd" in h else None, 0, 0)
-        except openai.APIConnectionError:
-            out = Outcome(sim_t, 0, "", "no answer", None, 0, 0)
+        except openai.APIConnectionError as e:  # no HTTP answer: say what the transport saw
+            cause = e.__cause__
+            out = Outcome(sim_t, 0, "", f"no answer: {type(cause or e).__name__}", None, 0, 0)
         finally:
             self._in_flight.release()
         self.outcomes.append(out)

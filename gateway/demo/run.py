@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -114,6 +114,9 @@ class _Gateway:
         self.server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=port, loop="asyncio", http=DeadlineHttpToolsProtocol, lifespan="on",
             log_level="critical", access_log=False, timeout_graceful_shutdown=5,
+            # longer than the client's own idle expiry (httpx: 5 s), so the server never closes a
+            # connection the driver is about to reuse (uvicorn's default is also 5 s: a reset race)
+            timeout_keep_alive=30,
         ))
         self.thread = threading.Thread(target=self.server.run, name="gateway-demo-server", daemon=True)
 
@@ -166,11 +169,8 @@ def run_demo(opts: DemoOptions, out=None) -> dict:
         started.append(control)
         openai_up = DemoOpenAI(opts.speed, api_key, [opts.api_model]).start()
         started.append(openai_up)
-        runtime = DemoSageMaker(opts.speed, ep_cfg.endpoint_name, ep_cfg.region, _AWS["AWS_ACCESS_KEY_ID"],
-                                _AWS["AWS_SECRET_ACCESS_KEY"], ep_cfg.max_tokens_per_second,
-                                ep_cfg.prompt_token_weight, control.instances_in_service, clock)
-        runtime.control = control  # answers as SageMaker does for the component (no copy: a quick 400)
-        runtime.start()
+        runtime = DemoSageMaker(opts.speed, control, ep_cfg.endpoint_name, ep_cfg.max_tokens_per_second,
+                                ep_cfg.prompt_token_weight, clock).start()
         started.append(runtime)
         cfg = demo_config(openai_up.base_url, api_key, runtime.base_url, opts.api_model, opts.speed, port)
         gw_log.addHandler(notes)
@@ -271,14 +271,15 @@ def _summary(app, driver, control, clock, final, opts, path, interrupted) -> dic
                           "spend_usd": display_usd(ledger.get(name, Decimal(0))),
                           "sum_of_request_costs_usd": display_usd(d["cost_usd"]),
                           "reasons": dict(d["reasons"])}
-    failed = sum(1 for o in driver.outcomes if not 200 <= o.status < 300)
+    failures = Counter(f"HTTP {o.status or 'none'} from {o.backend or 'no backend'} ({o.reason})"
+                       for o in driver.outcomes if not 200 <= o.status < 300)
     return {
         "trace": trace_name(path) or path,
         "trace_licence": "CC-BY-4.0, Azure Public Dataset (see "
                          f"{os.path.join(DATA_DIR, 'README.md')})" if trace_name(path) else None,
         "speed": opts.speed, "api_model": opts.api_model, "interrupted": interrupted,
         "simulated_s": round(clock.elapsed_s(), 1),
-        "requests": len(driver.outcomes), "failed": failed,
+        "requests": len(driver.outcomes), "failed": sum(failures.values()), "failures": dict(failures),
         "backends": backends,
         "spend_usd": display_usd(actual), "api_only_usd": display_usd(api_only),
         "saved_usd": display_usd(api_only - actual),
@@ -301,7 +302,8 @@ def _print_summary(console, s: dict, notes: _Notes) -> None:
     changes = ", ".join(f"{c['from']}→{c['to']} at {c['at_s'] / 60:.0f} min" for c in s["capacity_changes"]) or "none"
     console.print(f"  capacity changes applied: {changes}")
     if s["failed"]:
-        console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx[/yellow]")
+        console.print(f"  [yellow]{s['failed']} request(s) did not get a 2xx: "
+                      f"{', '.join(f'{k}: {n}' for k, n in s['failures'].items())}[/yellow]")
     for line in [n for n in notes.lines if n.startswith(("warning", "error")) and "shutdown" not in n][-5:]:
         console.print(f"  gateway {line}", highlight=False)
     if s["trace_licence"]:

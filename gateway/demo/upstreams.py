@@ -59,11 +59,14 @@ class DemoOpenAI(_Paced, OpenAIStandIn):
 class DemoSageMaker(_Paced, SageMakerStandIn):
     """The endpoint's runtime: ~0.2 s to the first token, ~40 tokens/s per stream, plus its backlog."""
 
-    def __init__(self, speed: float, endpoint: str, region: str, access_key: str, secret_key: str,
-                 capacity_tps: float, prompt_weight: float, instances: Callable[[], int], clock: Callable[[], float]):
-        super().__init__(endpoints=(endpoint,), region=region, access_key=access_key, secret_key=secret_key)
+    def __init__(self, speed: float, control, endpoint: str, capacity_tps: float, prompt_weight: float,
+                 clock: Callable[[], float]):
+        """``control``: the demo's control plane (``DemoControlPlane``): it says which instances serve (they
+        drain the backlog), and with it this answers for the inference component as SageMaker does."""
+        super().__init__(endpoints=(), region=control.region, access_key=control.access_key,
+                         secret_key=control.secret_key, control=control)
         self.speed, self.capacity_tps, self.prompt_weight = speed, capacity_tps, prompt_weight
-        self._instances, self._clock = instances, clock
+        self._instances, self._clock = control.instances_in_service, clock
         self._backlog, self._at = 0.0, None  # capacity tokens waiting, at simulated time
         self._backlog_lock = threading.Lock()
 

@@ -44,13 +44,19 @@ def _endpoint(doc: dict) -> tuple[str, dict] | tuple[None, None]:
     return (name, eps[name]) if name else (None, None)
 
 
+def _break_even(ep: dict | None) -> str:
+    be = (ep or {}).get("break_even_requests_per_hour")
+    if be is not None:
+        return f"{be:,.0f} req/h"
+    return "never" if (ep or {}).get("recommendation_reason") == "endpoint_never_pays_off" else "not decided yet"
+
+
 def plain_line(f: Frame) -> str:
     doc = f.doc or {}
     name, ep = _endpoint(doc)
-    be = ep and ep.get("break_even_requests_per_hour")
     parts = [f"[{hms(f.sim_elapsed_s)} of {hms(f.sim_total_s)} simulated]",
              f"volume {float((ep or {}).get('expected_requests_per_hour') or 0):,.0f} req/h",
-             f"break-even {'never' if be is None else f'{be:,.0f}'} req/h"]
+             f"break-even {_break_even(ep)}"]
     if ep:
         parts.append(f"{name} {ep['instances_in_service']} in service, {ep.get('recommended_instances')} recommended")
     for backend, row in (doc.get("backends") or {}).items():
@@ -70,28 +76,36 @@ def render(f: Frame, header: str):
     if ep:
         expected = float(ep.get("expected_requests_per_hour") or 0)
         be = ep.get("break_even_requests_per_hour")
-        if be is None:
+        if be is None and ep.get("recommendation_reason") != "endpoint_never_pays_off":
+            verdict = Text("no capacity decision yet", style="dim")
+        elif be is None:
             verdict = Text("the endpoint never pays off at these prices", style="red")
         elif expected >= be:
             verdict = Text("above break-even: the endpoint pays off", style="green")
         else:
             verdict = Text("below break-even: the API is cheaper", style="yellow")
         grid.add_row("volume", Text.assemble(f"{expected:,.0f} req/h forecast  ·  break-even ",
-                                             ("never" if be is None else f"{be:,.0f} req/h", "bold red"),
-                                             "  ·  ", verdict))
+                                             (_break_even(ep), "bold red"), "  ·  ", verdict))
         act = ep.get("last_actuation") or {}
-        grid.add_row(f"endpoint {name}", Text.assemble(
-            (f"{ep['instances_in_service']} in service", "bold"), f"  ·  {ep.get('recommended_instances')} recommended "
-            f"({ep.get('recommendation_reason') or 'no decision yet'})  ·  {ep['status']}",
-            f"  ·  last: {act.get('action')} {act.get('current')}→{act.get('target')}" if act else ""))
+        last = f"  ·  last change: {act['action']} {act['current']}→{act['target']}" \
+            if act and act.get("action") not in (None, "none") else ""
+        grid.add_row("endpoint", Text.assemble(
+            (f"{ep['instances_in_service']} in service", "bold"), f" ({name}, {ep['status']})  ·  "
+            f"{ep.get('recommended_instances')} recommended ({ep.get('recommendation_reason') or 'no decision yet'})",
+            last))
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("backend", "requests", "spend (ledger)", "Σ x-gateway-cost-usd", "reasons"):
-        table.add_column(col, justify="left" if col in ("backend", "reasons") else "right")
+    for col in ("backend", "requests", "spend (ledger)", "Σ x-gateway-cost-usd"):
+        table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+    routing = []
     for backend, row in (doc.get("backends") or {}).items():
         d = f.driver_backends.get(backend, {})
-        reasons = ", ".join(f"{r} {n}" for r, n in (d.get("reasons") or {}).most_common(3))
-        table.add_row(backend, f"{d.get('requests', 0):,}", usd(row["spend_usd"]), usd(d.get("cost_usd", 0)), reasons)
+        table.add_row(backend, f"{d.get('requests', 0):,}", usd(row["spend_usd"]), usd(d.get("cost_usd", 0)))
+        top = sorted((d.get("reasons") or {}).items(), key=lambda kv: -kv[1])[:3]
+        if top:
+            routing.append(f"{backend}: " + ", ".join(f"{r} {n}" for r, n in top))
     grid.add_row("requests", table)
+    if routing:
+        grid.add_row("why", "\n".join(routing))
     spend = doc.get("spend") or {}
     api_only = float(spend.get("api_only_usd") or 0)
     saved = float(spend.get("saved_usd") or 0)
@@ -101,7 +115,10 @@ def render(f: Frame, header: str):
     if f.changes:
         grid.add_row("capacity", "  ".join(f"{hms(c['at_s'])} {c['from']}→{c['to']}" for c in f.changes[-6:]))
     if f.recent:
-        grid.add_row("last requests", "  ".join(f"{o.backend or '-'}:{o.reason}" for o in list(f.recent)[-4:]))
+        o = f.recent[-1]
+        grid.add_row("last request", Text(f"{o.backend or '-'} ({o.reason}), {o.prompt_tokens:,} + "
+                                          f"{o.completion_tokens:,} tokens, {usd(o.cost_usd)}", no_wrap=True,
+                                          overflow="ellipsis"))
     for note in f.notes:
         grid.add_row("", Text(note, style="yellow"))
     bar = ProgressBar(total=f.sim_total_s, completed=min(f.sim_elapsed_s, f.sim_total_s), width=50)

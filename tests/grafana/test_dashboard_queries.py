@@ -163,7 +163,7 @@ def prometheus(tmp_path_factory) -> str:
         base = f"http://127.0.0.1:{port}"
         try:
             # Prometheus batches target discovery: the first scrape comes ~5 s after start.
-            deadline, scrapes = time.monotonic() + 20, 0
+            deadline, scrapes = time.monotonic() + 60, 0
             while scrapes < MIN_SCRAPES:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = (tmp / "prometheus.log").read_text()[-2000:]
@@ -171,6 +171,8 @@ def prometheus(tmp_path_factory) -> str:
                                 f"(exit {proc.poll()}, {scrapes} scrapes):\n{tail}")
                 time.sleep(0.25)
                 with contextlib.suppress(OSError):
+                    # 503 until its storage is up (HTTPError is an OSError): a query fails before that
+                    urllib.request.urlopen(f"{base}/-/ready", timeout=5).close()
                     result = _api(base, "/api/v1/query", query='sum_over_time(up{job="gateway"}[1m])')["result"]
                     scrapes = int(float(result[0]["value"][1])) if result else 0
             yield base
