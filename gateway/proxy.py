@@ -177,9 +177,14 @@ class Proxy:
                 self._counter(model)
 
     def _tightest_window(self, model, pinned) -> float:
-        """The smallest context window among the candidates that could take the request now."""
+        """The smallest context window among the healthy candidates.
+
+        Out-of-service endpoints count too: the policy checks the fit first, and a byte length
+        that does not prove it would otherwise be taken for the count (context_too_long instead
+        of endpoint_not_in_service).
+        """
         return min((v.context_window for v in self.live.candidates(model.name, pinned)
-                    if v.context_window and v.healthy and v.instances_in_service > 0), default=float("inf"))
+                    if v.context_window and v.healthy), default=float("inf"))
 
     def _plan(self, model, pinned, decision_backend: str) -> list:
         """The chosen route first, then one other backend to fail over to (not when pinned).

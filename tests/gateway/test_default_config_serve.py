@@ -93,6 +93,10 @@ def test_default_config_without_aws_credentials_neither_charges_nor_tries_the_en
             else:
                 assert raw.parse().choices[0].message.content
         assert client.embeddings.create(model="text-embedding-3-small", input="x").data
+        # 9.6 KB of body but ~1,600 tokens: it fits the endpoint's 8,192, which is only not in service
+        long = [{"role": "user", "content": "hello " * 1600}]
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=long)
+        reasons.add(raw.headers["x-gateway-route-reason"])
         assert reasons == {"endpoint_not_in_service"}  # straight to the API: no failover_* first
         assert sagemaker_standin.requests == []
         time.sleep(2.2)  # two state ticks: an endpoint that were charged would have accrued by now
