@@ -5,27 +5,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 
-# The dashboard's queries are proven against a real Prometheus (Debian package).
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+# need_debian COMMAND PACKAGE NAME: install PACKAGE with apt when COMMAND is missing (root only).
+need_debian() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
   else
-    echo "scripts/test.sh: Prometheus is missing: sudo apt-get install --no-install-recommends prometheus" >&2
+    echo "scripts/test.sh: $3 is missing: sudo apt-get install --no-install-recommends $2" >&2
     exit 1
   fi
-fi
-
-# The status page is rendered in headless Chromium (Debian package).
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  else
-    echo "scripts/test.sh: Chromium is missing: sudo apt-get install --no-install-recommends chromium" >&2
-    exit 1
-  fi
-fi
+}
+# The dashboard's queries are proven against a real Prometheus, the status page is rendered in
+# headless Chromium (Debian packages).
+need_debian prometheus prometheus Prometheus
+need_debian promtool prometheus Prometheus
+need_debian chromium chromium Chromium
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
