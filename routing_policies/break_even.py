@@ -166,9 +166,13 @@ class BreakEven:
         # (an hour's average of a busy half-hour and a gap is half what returns)
         level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
         again = costs_by_instances(spec, mix, level * cap_per_req, dispersion)
-        since = min(ctx.memo.get("since", ctx.now_s), ctx.now_s)
-        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "since": since}
-        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, since, current, dispersion)
+        # busy since: the last tick the forecast window's rate was below break-even. After a quiet
+        # stretch (a night, a gap in collection) the hour before it says nothing about the return
+        near = self._nearest(windows, self.forecast_window_s)
+        quiet = be is None or near.per_hour(near.requests) < be
+        busy = ctx.now_s if quiet else min(ctx.memo.get("busy", ctx.now_s), ctx.now_s)
+        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
+        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
         here = costs[current - lo]
         up = down = current
@@ -191,7 +195,7 @@ class BreakEven:
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
                 if down == current and account > 0 and account >= self.restart_weight * risk:
                     down = k  # the smallest qualifying count
-        details["accounts_usd"] = {k: v for k, v in memo.items() if k not in ("at", "level", "since")}
+        details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
         if up > current:
             return CapacityDecision(up, "volume_above_break_even", be, rph, details, _moved(memo, up, +1))
         if down < current and dwelt:
@@ -215,7 +219,7 @@ class BreakEven:
                                       chosen.seconds, ctx.endpoint, ctx.api_prices)
 
     def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
-                           fore: VolumeWindow, rph: float, since: float, current: int, dispersion: float) -> int | None:
+                           fore: VolumeWindow, rph: float, busy: float, current: int, dispersion: float) -> int | None:
         """The cheapest count for a scale-up past the first instance: at a rate the hour has seen.
 
         An added instance serves overflow, and overflow the watched hour's rate does not show
@@ -223,12 +227,14 @@ class BreakEven:
         service ``startup_s`` later, while it is billed through its start and the dwell. A ramp
         lifts the hour's rate too, later. The first instance is exempt: all traffic rides on it,
         and after a quiet night the hour's rate says nothing about the morning. The hour is the
-        part the policy has watched (a process that started 10 minutes ago has seen 10 minutes).
+        part the gateway has watched (``longest.seconds``: a process that started 10 minutes ago
+        has seen 10 minutes) since traffic was last below break-even (``busy``): after a gap of
+        an hour the return's own rate counts, not the gap's.
         None when the forecast is within that headroom (or the rule is off).
         """
         if self.hour_headroom <= 0 or current < 1:
             return None
-        watched = min(longest.seconds, max(ctx.now_s - since, fore.seconds))
+        watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
         capped = self.hour_headroom * longest.requests / watched * 3600.0
         if capped >= rph:
             return None
@@ -260,6 +266,10 @@ class BreakEven:
         return min(windows, key=lambda w: (abs(w.seconds - seconds), w.seconds))
 
 
+# memo keys that are no count's account: the last tick's time, the level traffic returns at, busy since
+_NOT_ACCOUNTS = frozenset(("at", "level", "busy"))
+
+
 def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
     """The accounts after moving to ``to``: those further the same way keep what they hold beyond it.
 
@@ -269,7 +279,7 @@ def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
     base = memo.get(str(to), 0.0)
     out: dict[str, float] = {}
     for key, value in memo.items():
-        if key in ("at", "level", "since"):
+        if key in _NOT_ACCOUNTS:
             out[key] = value
         elif (int(key) - to) * direction > 0:
             out[key] = max(0.0, value - base)

@@ -167,13 +167,17 @@ class _BucketLoads:
                            self.cum_step[last - 1] - self.cum_step[first])
 
 
-def _windows(arr, cum_p, cum_c, now: float, windows_s, loads: tuple[_BucketLoads, ...]) -> tuple[VolumeWindow, ...]:
+def _windows(arr, cum_p, cum_c, now: float, windows_s, loads: tuple[_BucketLoads, ...],
+             since: float = 0.0) -> tuple[VolumeWindow, ...]:
+    """The capacity windows at ``now``, each cut at ``since``: the simulated gateway starts watching
+    with the trace, and traffic before that is unknown, not zero (``VolumeBuckets.since``, live)."""
     hi = bisect_left(arr, now)
     out = []
     longest = windows_s[-1]
-    for s in windows_s:
+    for full in windows_s:
+        s = full if now - since >= full else max(now - since, 1.0)
         lo = bisect_left(arr, now - s, 0, hi)
-        moments = tuple(b.moments(now, s) for b in loads) if s == longest else ()
+        moments = tuple(b.moments(now, s) for b in loads) if full == longest else ()
         out.append(VolumeWindow(s, float(hi - lo), float(cum_p[hi] - cum_p[lo]), float(cum_c[hi] - cum_c[lo]),
                                 moments))
     return tuple(out)

@@ -37,6 +37,8 @@ def sum_windows(volume, now: float, models, endpoint: str, weight: float = 0.0) 
 
     Requests too long for the endpoint go to the API whatever its size: counting them
     would size (and pay for) instances that could never serve them. The replay counts the same.
+    Each window covers only the part that was watched (``VolumeBuckets.since``), as the replay's
+    do from the trace's start.
     The longest window carries the load's ``LoadMoments`` (``weight``: the endpoint's prompt weight).
     """
     out = []
@@ -48,7 +50,7 @@ def sum_windows(volume, now: float, models, endpoint: str, weight: float = 0.0) 
             w = volume.window(now, seconds, model=key)
             r, p, c, span = r + w.requests, p + w.prompt_tokens, c + w.completion_tokens, w.seconds
         out.append(VolumeWindow(span, r, p, c))
-    longest = WINDOWS_S[-1]
+    longest = volume.span(now, WINDOWS_S[-1])  # the watched part of the hour
     moments = load_moments(volume.loads(now, longest, weight, models=keys), now, longest)
     out[-1] = replace(out[-1], moments=moments)
     return tuple(out)

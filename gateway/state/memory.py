@@ -29,6 +29,7 @@ class MemoryStore:
         return True
 
     def record(self, backend: str, model: str, prompt_tokens: int, completion_tokens: int, now: float) -> None:
+        self._volume.watched(now)
         self._volume.add(bucket_of(now), (backend, model), 1, prompt_tokens, completion_tokens)
 
     def add_spend(self, backend: str, model: str, usd: Decimal) -> None:
@@ -38,6 +39,7 @@ class MemoryStore:
         return self._volume
 
     async def sync(self, now: float) -> None:
+        self._volume.watched(now)
         self._volume.prune(now)
 
     async def claim_accrual(self, key: str, now: float) -> float:

@@ -57,6 +57,7 @@ BUCKET_TTL_S = HORIZON_S + 2 * BUCKET_S + 60  # outlives the longest window read
 SPEND_TTL_S = 90 * 86400  # ledger of a prefix nobody has written to for 90 days goes away
 ACCRUAL_TTL_S = 7 * 86400
 SEQ_TTL_S = 7 * 86400  # a batch retried after this long could apply twice (see class doc)
+WATCH_TTL_S = 60  # a watch no replica has renewed for this long is over: the next one begins afresh
 RECENT_S = 30.0  # buckets ending this recently are re-read every sync (late pushes land there)
 FULL_CYCLE_S = 60.0  # every older bucket is re-read once per this many seconds
 HORIZON_BUCKETS = HORIZON_S // BUCKET_S + 1  # what VolumeBuckets.prune keeps besides the current one
@@ -166,6 +167,7 @@ class RedisStore:
         self._k_spend, self._k_accrued = f"{tag}:spend", f"{tag}:accrued"
         self._k_seq = f"{tag}:seq:{self._process}"
         self._k_vol = f"{tag}:vol:"
+        self._k_watch = f"{tag}:watching_since"  # when the replicas' shared watch of traffic began
         interval = max(float(state_cfg.flush_interval_s), 0.001)
         self._recent_s = max(RECENT_S, 3 * interval)
         self._cycle = max(1, round(FULL_CYCLE_S / interval))  # syncs per full re-read
@@ -221,6 +223,7 @@ class RedisStore:
     # -- request path: local only ----------------------------------------------------------
     def record(self, backend: str, model: str, prompt_tokens: int, completion_tokens: int, now: float) -> None:
         b, key = bucket_of(now), (backend, model)
+        self._view.watched(now)
         self._pending_vol.add(b, key, 1, int(prompt_tokens), int(completion_tokens))
         self._view.add(b, key, 1, int(prompt_tokens), int(completion_tokens))
 
@@ -242,6 +245,7 @@ class RedisStore:
     async def sync(self, now: float) -> None:
         if self._redis is None:
             return  # not started, or closed: the background task outlived the app
+        self._view.watched(now)  # this process watches from now on, whatever Redis says
         async with self._lock:
             self._pending_vol.prune(now)  # buckets past the horizon would never be read
             await self._flush(now)
@@ -364,6 +368,11 @@ class RedisStore:
             if totals:
                 pipe.hgetall(self._k_spend)
                 pipe.hgetall(self._k_accrued)
+                # the earliest any replica has watched since (LT: only ever lowered), for as long as
+                # one of them keeps syncing
+                pipe.zadd(self._k_watch, {"since": float(self._view.since)}, lt=True)
+                pipe.expire(self._k_watch, WATCH_TTL_S)
+                pipe.zscore(self._k_watch, "since")
             for b in reads:
                 pipe.hgetall(f"{self._k_vol}{b}")
             self.last_sync_commands = len(pipe)
@@ -388,7 +397,9 @@ class RedisStore:
             return results[1:] if batch is not None else results
 
     def _apply_reads(self, results: list, reads: list[int], now: float) -> None:
-        spend, accrued, buckets = results[0], results[1], results[2:]
+        spend, accrued, watched, buckets = results[0], results[1], results[4], results[5:]
+        if watched is not None:
+            self._view.since = min(float(watched), self._view.since)
         self._spend_nanos = {tuple(f.split(US, 1)): int(v) for f, v in spend.items()}
         for key, marker in accrued.items():
             self._seen[key] = max(float(marker), self._seen.get(key, float("-inf")))

@@ -46,9 +46,30 @@ def first_bucket(now: float, seconds: float) -> int:
 
 @dataclass
 class VolumeBuckets:
-    """bucket number -> (backend, model) -> [requests, prompt, completion]."""
+    """bucket number -> (backend, model) -> [requests, prompt, completion].
+
+    ``since`` (unix s) is when watching began (this process, or with shared state the
+    first replica still syncing): traffic before it is unknown, not zero, so windows end
+    there. A fresh gateway's hour holds minutes; read as an hour, they said a tenth of the
+    rate and ten times the burstiness, and capacity started late.
+    """
 
     buckets: dict[int, dict[Key, Counts]] = field(default_factory=dict)
+    since: float | None = None
+
+    def watched(self, now: float) -> None:
+        """Note that traffic is being watched from ``now`` on, unless it already was."""
+        if self.since is None:
+            self.since = now
+
+    def span(self, now: float, seconds: float) -> float:
+        """The part of the last ``seconds`` that was watched (whole buckets; at least 1 s)."""
+        current = bucket_of(now)
+        return max((now - current * BUCKET_S) + (current - self._first(now, seconds)) * BUCKET_S, 1.0)
+
+    def _first(self, now: float, seconds: float) -> int:
+        first = first_bucket(now, seconds)
+        return first if self.since is None else min(bucket_of(now), max(first, bucket_of(self.since)))
 
     def add(self, bucket: int, key: Key, requests: float, prompt: float, completion: float) -> None:
         row = self.buckets.setdefault(bucket, {}).get(key)
@@ -69,7 +90,7 @@ class VolumeBuckets:
 
         ``models`` None: every client model's rows (not the derived ones); else exactly these keys.
         """
-        for b in range(first_bucket(now, seconds), bucket_of(now) + 1):
+        for b in range(self._first(now, seconds), bucket_of(now) + 1):
             for (kb, km), row in self.buckets.get(b, {}).items():
                 if (backend is None or kb == backend) and (km in models if models is not None
                                                             else not km.startswith(DERIVED)):
@@ -91,9 +112,7 @@ class VolumeBuckets:
             p += row[1]
             c += row[2]
         # the current bucket is partly elapsed: measure the window by what has elapsed
-        current, first = bucket_of(now), first_bucket(now, seconds)
-        span = (current - first) * BUCKET_S + (now - current * BUCKET_S)
-        return VolumeWindow(seconds=max(span, 1.0), requests=r, prompt_tokens=p, completion_tokens=c)
+        return VolumeWindow(seconds=self.span(now, seconds), requests=r, prompt_tokens=p, completion_tokens=c)
 
 
 def load_moments(loads: dict[int, float], now: float, seconds: float) -> tuple[LoadMoments, ...]:

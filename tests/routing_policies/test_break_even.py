@@ -292,22 +292,37 @@ def test_peaks_of_minutes_start_no_second_instance():
 
 
 def test_a_fresh_process_counts_the_hour_it_has_watched():
-    # a process that starts into traffic 3× the 1→2 threshold has seen ten minutes, not an hour:
-    # that is the hour's rate, and the second instance is not held back by it
+    # a process that starts into traffic 3× the 1→2 threshold has seen ten minutes, not an hour: its
+    # windows say so (``VolumeWindow.seconds``: the watched part), and the second instance is not held
+    # back by an hour that is mostly unwatched
     v = _threshold_2()
-    rates = [v * 3] * 1800
-    cum, targets = 0.0, []
+    targets = []
     policy, memo, target, last = build_policy("break_even"), {}, 0, 0.0
-    for now in range(600, 1800, 5):  # its first decision at t = 600 s, with 600 s already in the windows
-        wins = tuple(VolumeWindow(float(s), v * 3 * min(s, now), v * 3 * min(s, now) * CONV[0],
+    for now in range(600, 1800, 5):  # its first decision at t = 600 s, with 600 s watched
+        wins = tuple(VolumeWindow(float(min(s, now)), v * 3 * min(s, now), v * 3 * min(s, now) * CONV[0],
                                   v * 3 * min(s, now) * CONV[1]) for s in (60, 300, 3600))
         d = policy.plan_capacity(CapacityContext(float(now), SPEC, GPT4O, wins, target, target, last, memo))
         memo = dict(d.memo)
         if d.instances != target:
             target, last = d.instances, float(now)
         targets.append(target)
-    assert memo["since"] == 600.0
+    assert memo["busy"] == 600.0
     assert max(targets) >= 2
+
+
+def test_a_return_after_a_gap_is_not_held_back_by_the_gap():
+    # two busy hours at 3× the 1→2 threshold, an hour with a trickle of requests (a gap in
+    # collection, far below break-even), and the same traffic again: the hour window then holds
+    # the gap, and read as the hour's rate it would hold the second instance back for most of an
+    # hour. The watched hour starts where traffic fell below break-even.
+    v = _threshold_2()
+    rates = [v * 3] * 7200 + [v * 0.01] * 3600 + [v * 3] * 3600
+    targets = drive(build_policy("break_even"), rates, len(rates))
+    back = 3 * 3600 // 5
+    assert max(targets[back - 12:back]) <= 1  # the gap released the second instance
+    again = next(i for i in range(back, len(targets)) if targets[i] >= 2)
+    assert (again - back) * 5 <= 15 * 60, (again - back) * 5
+
 
 # -- per-request decision -------------------------------------------------------------------------
 

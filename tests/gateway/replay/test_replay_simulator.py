@@ -200,17 +200,19 @@ def test_capacity_windows_count_only_what_the_endpoint_could_serve():
     spy = WindowSpy()
     simulate(HAND, spy, SETUP, horizon_s=30.0)
     at_20 = next(c for c in spy.contexts if c.now_s == 20.0)
-    by_len = {w.seconds: w for w in at_20.windows}
+    minute, _, hour = at_20.windows
     # before t=20: r1, r2, r3, r5 fit; r4 (95 + 10 > 100) can only go to the API and is left out
-    assert by_len[60.0].requests == 4
-    assert (by_len[60.0].prompt_tokens, by_len[60.0].completion_tokens) == (40, 155)
-    # the longest window carries the load moments: its 360 complete 10-s buckets, those before the
-    # trace start empty (as a live gateway's before its first request), then [0, 10) and [10, 20)
-    m10 = next(m for m in by_len[3600.0].moments if m.bucket_s == 10)
-    assert (m10.count, m10.total, m10.squares) == (360, 5 + 150, 5 ** 2 + 150 ** 2)
-    assert m10.step_squares == 5 ** 2 + (150 - 5) ** 2
-    # the 60-s window at t=20 reaches back before the trace start: it keeps its nominal length
-    assert [w.seconds for w in at_20.windows] == [60.0, 300.0, 3600.0]
+    assert minute.requests == 4
+    assert (minute.prompt_tokens, minute.completion_tokens) == (40, 155)
+    # the simulated gateway has watched since the trace start: every window is the 20 s it saw
+    # (not 60 s, 300 s and an hour of which all but 20 s were never watched), and the longest one's
+    # load moments are its complete 10-s buckets [0, 10) and [10, 20), not 360 with 358 empty
+    assert [w.seconds for w in at_20.windows] == [20.0, 20.0, 20.0]
+    m10 = next(m for m in hour.moments if m.bucket_s == 10)
+    assert (m10.count, m10.total, m10.squares) == (2, 5 + 150, 5 ** 2 + 150 ** 2)
+    assert m10.step_squares == (150 - 5) ** 2
+    # and the first tick, before any watching, a window of 1 s (as the live store's), not of 0
+    assert [w.seconds for w in spy.contexts[0].windows] == [1.0, 1.0, 1.0]
     assert [c.now_s for c in spy.contexts] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
 
 

@@ -154,14 +154,35 @@ def test_sync_rereads_only_recent_buckets_but_catches_late_pushes(shared_redis):
     async def go():
         a, b = await started(redis_store(shared_redis), redis_store(shared_redis))
         await a.sync(T0)
-        assert a.last_sync_commands >= 362  # first sync: every bucket of the hour (+2 hashes)
+        assert a.last_sync_commands >= 365  # first sync: every bucket of the hour (+5 commands)
         await a.sync(T0 + 1)
-        assert a.last_sync_commands <= 2 + 4 + 7  # spend, accrual, ~4 recent, ~6 older
+        assert a.last_sync_commands <= 5 + 4 + 7  # spend, accrual, the watch (3), ~4 recent, ~6 older
         b.record(*KEY, 1, 1, T0 - 1800)  # e.g. a backlog pushed late into a closed bucket
         await b.sync(T0 + 1)
         for i in range(60):  # within one full cycle (60 syncs) a has re-read that bucket
             await a.sync(T0 + 2 + i)
         assert a.volume().window(T0 + 62, 3600).requests == 1
+        await closed(a, b)
+    run(go())
+
+
+def test_windows_start_where_the_replicas_began_watching(make_store):
+    # traffic before anyone watched is unknown, not zero: a fresh gateway's hour is the minutes it
+    # has seen. A replica that joins later reads the fleet's watch start from the shared state.
+    async def go():
+        a = make_store()
+        await a.start()
+        a.record(*KEY, 1, 1, T0 + 5)
+        await a.sync(T0 + 10)
+        assert a.volume().since == T0 + 5
+        assert a.volume().window(T0 + 600, 3600).seconds == 600.0  # from the bucket of T0 + 5
+        if isinstance(a, MemoryStore):
+            return
+        b = make_store()
+        await b.start()
+        await b.sync(T0 + 600)
+        assert b.volume().since == T0 + 5
+        assert b.volume().window(T0 + 600, 3600).requests == 1
         await closed(a, b)
     run(go())
 
@@ -303,7 +324,7 @@ def test_keys_share_one_slot_and_all_expire(shared_redis):
                                                                                     decode_responses=True)
     keys = list(client.scan_iter("*"))  # on a cluster: every master's
     kinds = {k.split(":")[1] for k in keys}
-    assert kinds == {"vol", "spend", "accrued", "seq"}
+    assert kinds == {"vol", "spend", "accrued", "seq", "watching_since"}
     assert all(k.startswith("{gw}:") for k in keys)
     assert len({key_slot(k.encode()) for k in keys}) == 1  # one Redis Cluster slot
     ttls = {k: client.ttl(k) for k in keys}
