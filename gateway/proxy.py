@@ -327,7 +327,7 @@ class Proxy:
                 routing_tokens = await off_loop(len(raw), count, counter, req, limit)
                 if routing_tokens <= limit:
                     rec.prompt_tokens_counted = routing_tokens  # counted in full
-            await self.keys.admit(rec, rec.grant, model, routing_tokens, max_tokens)
+            await self.keys.admit(rec, rec.grant, model, pinned, routing_tokens, max_tokens)
             if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
@@ -442,7 +442,7 @@ class Proxy:
             rec.count_prompt = lambda: self._counter(model).embedding_input(req.get("input"))
             decision = self.live.decide(model.name, pinned, 0, None, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
-            await self.keys.admit(rec, rec.grant, model, rec.body_bytes, 0)  # bytes bound the input tokens
+            await self.keys.admit(rec, rec.grant, model, pinned, rec.body_bytes, 0)  # bytes bound the input tokens
             reply = await self._call(rec, model, pinned, req, raw, False,
                                      lambda b, body: b.embeddings(body))
         except GatewayError as e:

@@ -3,7 +3,7 @@
     keys = KeyService(config, metrics, clock)
     grant = keys.authenticate(token)            # None: a GATEWAY_API_KEYS key (or an open gateway)
     keys.check_model(grant, "gpt-4o-mini")      # 403 if the key may not use it
-    await keys.admit(rec, grant, model, prompt_tokens, max_tokens)   # 429 over budget / rate
+    await keys.admit(rec, grant, model, pinned, prompt_tokens, max_tokens)   # 429 over budget / rate
     ...                                          # forward, price (rec.cost)
     keys.settle(rec)                             # once, whatever happened to the request
     await keys.refresh()                         # every tick: records, spend, settlements
@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from ..http.errors import GatewayError
+from ..spend.accounting import endpoint_charge_cap
 from ..spend.cost import Usage, api_cost
 from .ledger import WINDOW_MS, MemoryLedger, Reservation
 from .periods import iso, period_end, period_id
@@ -48,10 +49,11 @@ class Grant:
 
 
 class KeyService:
-    def __init__(self, config, metrics=None, clock=time.time):
+    def __init__(self, config, metrics=None, clock=time.time, endpoints=None):
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        self.endpoints = endpoints if endpoints is not None else {}  # backend -> EndpointStatus
         if config.state.redis_url:
             from .ledger_redis import RedisLedger
             self.ledger = RedisLedger(config.state)
@@ -122,18 +124,31 @@ class KeyService:
             raise GatewayError(403, f"The key '{grant.record.alias}' may not use the model `{model}`.",
                                param="model", code="model_not_allowed")
 
-    def worst_case_nanos(self, model, prompt_tokens: int, max_tokens: int | None) -> int:
-        """The most the request can cost at the model's API prices (every route's, the dearest)."""
+    def worst_case_nanos(self, model, pinned: str | None, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The most the request can cost on any route it may take (only the pinned one, if pinned).
+
+        An API route: counted prompt + ``max_tokens`` at its prices. An endpoint route: the most
+        one request can be attributed (``endpoint_charge_cap``), for the instances the endpoint can
+        run: ``max_instances`` (the actuator's ceiling), or more if more are in service now.
+        """
         out = max_tokens if max_tokens is not None else self.config.keys.default_max_tokens
         usage = Usage(prompt_tokens, out)
         worst = Decimal(0)
         for route in model.routes:
+            if pinned is not None and route.backend != pinned:
+                continue
             b = self.config.backends[route.backend]
-            if b.type == "openai" and route.upstream_model in b.prices:
-                worst = max(worst, api_cost(b.prices[route.upstream_model], usage))
+            if b.type == "openai":
+                if route.upstream_model in b.prices:
+                    worst = max(worst, api_cost(b.prices[route.upstream_model], usage))
+            else:
+                status = self.endpoints.get(route.backend)
+                running = status.instances_in_service if status is not None else 0
+                worst = max(worst, endpoint_charge_cap(b.hourly_price_usd, max(b.max_instances, running)))
         return usd_to_nanos(worst)
 
-    async def admit(self, rec, grant: Grant | None, model, prompt_tokens: int, max_tokens: int | None) -> None:
+    async def admit(self, rec, grant: Grant | None, model, pinned: str | None, prompt_tokens: int,
+                    max_tokens: int | None) -> None:
         """Reserve the worst case in the key's (and team's) budget and count it against rpm/tpm."""
         if grant is None:
             return
@@ -142,7 +157,7 @@ class KeyService:
         now = self.clock()
         team = self.teams.get(key.team) if key.team else None
         budgeted = key.budget_nanos is not None or (team is not None and team.budget_nanos is not None)
-        reserve = self.worst_case_nanos(model, prompt_tokens, max_tokens) if budgeted else 0
+        reserve = self.worst_case_nanos(model, pinned, prompt_tokens, max_tokens) if budgeted else 0
         out = max_tokens if max_tokens is not None else self.config.keys.default_max_tokens
         key_slot, key_ttl = self._slot("key", key.alias, key.budget_period, now)
         team_slot, team_ttl = (self._slot("team", team.name, team.budget_period, now) if team is not None

@@ -13,11 +13,12 @@ from keys_helpers import MSG, SECRET_ENV, admin, create_key, keys_config
 
 
 @pytest.fixture
-def two_gateways(openai_standin, shared_redis, tmp_path):
-    """On one Redis, then on a three-master Redis Cluster."""
+def two_gateways(openai_standin, sagemaker_standin, shared_redis, tmp_path):
+    """On one Redis, then on a three-master Redis Cluster; gpt-4o-mini on the API, llama-endpoint
+    on the SageMaker endpoint (1 instance at 1.408 USD/h, max_instances 1)."""
     path = tmp_path / "config.yaml"
     state = {"redis_url": shared_redis.url, "redis_cluster": shared_redis.cluster}
-    path.write_text(yaml.safe_dump(keys_config(openai_standin, state=state)))
+    path.write_text(yaml.safe_dump(keys_config(openai_standin, sagemaker_standin, state=state)))
     env = {"STANDIN_OPENAI_KEY": openai_standin.api_key, **SECRET_ENV}
     with ServedGateway(path, env) as a, ServedGateway(path, env) as b:
         yield a, b
@@ -68,6 +69,32 @@ def test_a_burst_through_both_spends_at_most_budget_plus_one_request(two_gateway
     assert budget <= sum(costs) <= budget + max(costs)
     assert wait_until(lambda: all(abs(reported(gw) - sum(costs)) < micro for gw in (a, b)))
     assert all(_chat(gw, key).status_code == 429 for gw in (a, b))
+
+
+def test_an_endpoint_only_model_is_cut_off_at_budget_plus_one_request(two_gateways, sagemaker_standin):
+    """An endpoint request is charged its share of the last minute's instance time: at most the
+    whole minute, 1.408 USD/h x 1 instance x 60 s. That is what each one reserves, so a burst
+    cannot run past the budget while its requests are in flight (it reserved 0 before)."""
+    a, b = two_gateways
+    cap = Decimal("1.408") / 60
+    sagemaker_standin.script(prompt_tokens=10, completion_tokens=20, delay=0.05)
+    budget = Decimal("0.03")
+    key = create_key(a.url, alias="ep-burst", budget_usd=str(budget), budget_period="day")
+    assert admin(b.url, "GET", "/admin/keys/ep-burst").status_code == 200  # B reloads its records now
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: _chat((a, b)[i % 2], key, model="llama-endpoint", max_tokens=40),
+                                range(40)))
+    ok = [r for r in replies if r.status_code == 200]
+    refused = [r for r in replies if r.status_code != 200]
+    assert ok and all(r.headers["x-gateway-backend"] == "sagemaker" for r in ok)
+    assert refused and all(r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" for r in refused)
+    assert "'ep-burst'" in refused[0].json()["error"]["message"]
+    costs = [Decimal(r.headers["x-gateway-cost-usd"]) for r in ok]
+    assert all(0 < c <= cap for c in costs), costs
+    assert sum(costs) <= budget + max(costs), f"{sum(costs)} spent: more than one request past {budget}"
+    micro = Decimal("0.000001")
+    assert wait_until(lambda: all(abs(Decimal(admin(gw.url, "GET", "/admin/keys/ep-burst").json()["spend_usd"])
+                                      - sum(costs)) < micro for gw in (a, b)))
 
 
 def test_rpm_holds_across_both_and_says_when_to_retry(two_gateways):
