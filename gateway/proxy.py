@@ -225,13 +225,18 @@ class Proxy:
                 h.append((b"x-gateway-cost-usd", display_usd(rec.cost).encode()))
         else:
             h.append((b"x-gateway-prompt-tokens", str(rec.prompt_tokens()).encode()))
+        if rec.grant is not None and rec.grant.rate_headers:
+            h += rec.grant.rate_headers
         return h
 
     async def _fail(self, send, rec: RequestRecord, err: GatewayError) -> None:
         rec.status = err.status
         rec.error = err.message
         self.accounting.finish(rec)
-        await send_error(send, err, [*getattr(err, "headers", ()), (b"x-request-id", rec.request_id.encode())])
+        h = [*getattr(err, "headers", ()), (b"x-request-id", rec.request_id.encode())]
+        if rec.grant is not None and rec.grant.rate_headers:
+            h += rec.grant.rate_headers  # x-ratelimit-* on every answer, a 429's included
+        await send_error(send, err, h)
 
     async def _crashed(self, send, rec: RequestRecord, exc: Exception) -> None:
         """A bug in the gateway: an OpenAI-shaped 500, logged, in the metrics and the access log.
