@@ -250,8 +250,9 @@ class Proxy:
             self.accounting.finish(rec)
         err = GatewayError(500, f"The gateway failed on this request (request id {rec.request_id}); it is logged.",
                            type="server_error")
+        rate = rec.grant.rate_headers if rec.grant is not None else ()
         try:
-            await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
+            await send_error(send, err, [(b"x-request-id", rec.request_id.encode()), *rate])
         except Exception:  # noqa: BLE001 — the response had already started: nothing more to say
             pass
 
