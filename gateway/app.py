@@ -61,7 +61,7 @@ class GatewayApp:
         self.live = LiveRouting(config, policy, self.store, self.endpoints, self.health)
         self.accounting = Accounting(config, self.metrics, self.store, self.access_log, self.endpoints, clock)
         self.endpoint_clock = EndpointClock(config, self.store, self.metrics, self.endpoints)
-        self.keys = KeyService(config, self.metrics, clock)
+        self.keys = KeyService(config, self.metrics, clock, self.endpoints)
         self.proxy = Proxy(config, self.backends, self.live, self.accounting, self.health, self.keys)
         self.planner = CapacityPlanner(config, policy, self.store, self.endpoints, self.metrics)
         self.pollers = {

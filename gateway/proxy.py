@@ -225,13 +225,18 @@ class Proxy:
                 h.append((b"x-gateway-cost-usd", display_usd(rec.cost).encode()))
         else:
             h.append((b"x-gateway-prompt-tokens", str(rec.prompt_tokens()).encode()))
+        if rec.grant is not None and rec.grant.rate_headers:
+            h += rec.grant.rate_headers
         return h
 
     async def _fail(self, send, rec: RequestRecord, err: GatewayError) -> None:
         rec.status = err.status
         rec.error = err.message
         self.accounting.finish(rec)
-        await send_error(send, err, [*getattr(err, "headers", ()), (b"x-request-id", rec.request_id.encode())])
+        h = [*getattr(err, "headers", ()), (b"x-request-id", rec.request_id.encode())]
+        if rec.grant is not None and rec.grant.rate_headers:
+            h += rec.grant.rate_headers  # x-ratelimit-* on every answer, a 429's included
+        await send_error(send, err, h)
 
     async def _crashed(self, send, rec: RequestRecord, exc: Exception) -> None:
         """A bug in the gateway: an OpenAI-shaped 500, logged, in the metrics and the access log.
@@ -245,8 +250,9 @@ class Proxy:
             self.accounting.finish(rec)
         err = GatewayError(500, f"The gateway failed on this request (request id {rec.request_id}); it is logged.",
                            type="server_error")
+        rate = rec.grant.rate_headers if rec.grant is not None else ()
         try:
-            await send_error(send, err, [(b"x-request-id", rec.request_id.encode())])
+            await send_error(send, err, [(b"x-request-id", rec.request_id.encode()), *rate])
         except Exception:  # noqa: BLE001 — the response had already started: nothing more to say
             pass
 
@@ -327,7 +333,7 @@ class Proxy:
                 routing_tokens = await off_loop(len(raw), count, counter, req, limit)
                 if routing_tokens <= limit:
                     rec.prompt_tokens_counted = routing_tokens  # counted in full
-            await self.keys.admit(rec, rec.grant, model, routing_tokens, max_tokens)
+            await self.keys.admit(rec, rec.grant, model, pinned, routing_tokens, max_tokens)
             if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
@@ -442,7 +448,7 @@ class Proxy:
             rec.count_prompt = lambda: self._counter(model).embedding_input(req.get("input"))
             decision = self.live.decide(model.name, pinned, 0, None, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
-            await self.keys.admit(rec, rec.grant, model, rec.body_bytes, 0)  # bytes bound the input tokens
+            await self.keys.admit(rec, rec.grant, model, pinned, rec.body_bytes, 0)  # bytes bound the input tokens
             reply = await self._call(rec, model, pinned, req, raw, False,
                                      lambda b, body: b.embeddings(body))
         except GatewayError as e:

@@ -9,6 +9,11 @@ it in this process (the memory store, and the Redis store's view while Redis is 
 - ``("revoked",)``, ``("rpm", oldest_ms)``, ``("tpm", oldest_ms)``, ``("key", spent)``,
   ``("team", spent)``: refused, and why.
 
+For a key with ``rpm`` or ``tpm`` every verdict but ``revoked`` goes on with the sliding window
+as it stands after the decision (``ok``'s second item is 0): ``requests, oldest request ms,
+tokens, oldest token entry ms`` (the tokens 0 without ``tpm``), from which every answer gets
+OpenAI's ``x-ratelimit-*`` headers with no second look at Redis.
+
 A request is admitted while the spend (settled + reserved) is *below* the budget, so the
 last admitted one may cross it: a burst overspends by at most one request's real cost.
 """
@@ -48,23 +53,34 @@ class LocalLedger:
     def reserve(self, r: Reservation, exists: bool) -> tuple:
         if not exists:
             return ("revoked",)
+        limited = r.rpm is not None or r.tpm is not None
         start = r.now_ms - WINDOW_MS
         reqs = self._window(self._requests, r.alias, start)
         toks = self._window(self._tokens, r.alias, start)
+        used = sum(t for _, t in toks) if r.tpm is not None else 0
+
+        def answer(kind: str, detail) -> tuple:
+            if not limited:
+                return (kind, detail)
+            return (kind, detail, len(reqs), reqs[0][0] if reqs else r.now_ms, used,
+                    toks[0][0] if toks and r.tpm is not None else r.now_ms)
+
         if r.rpm is not None and len(reqs) >= r.rpm:
-            return ("rpm", reqs[0][0])
-        if r.tpm is not None and toks and sum(t for _, t in toks) + r.tokens > r.tpm:
-            return ("tpm", toks[0][0])
+            return answer("rpm", reqs[0][0])
+        if r.tpm is not None and toks and used + r.tokens > r.tpm:
+            return answer("tpm", toks[0][0])
         if r.key_slot is not None and r.key_budget is not None and self.spent[r.key_slot] >= r.key_budget:
-            return ("key", self.spent[r.key_slot])
+            return answer("key", self.spent[r.key_slot])
         if r.team_slot is not None and r.team_budget is not None and self.spent[r.team_slot] >= r.team_budget:
-            return ("team", self.spent[r.team_slot])
+            return answer("team", self.spent[r.team_slot])
         for slot in (r.key_slot, r.team_slot):
             if slot is not None:
                 self.spent[slot] += r.reserve_nanos
         reqs.append((r.now_ms, r.member))
         toks.append((r.now_ms, r.tokens))
-        return ("ok",)
+        if r.tpm is not None:
+            used += r.tokens
+        return answer("ok", 0) if limited else ("ok",)
 
     def add(self, slot: str, nanos: int) -> None:
         self.spent[slot] += nanos

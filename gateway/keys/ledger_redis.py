@@ -44,29 +44,35 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'revoked'} end
 local now, window = tonumber(ARGV[3]), tonumber(ARGV[12])
 local rpm, tpm = tonumber(ARGV[8]), tonumber(ARGV[9])
 local tokens = tonumber(ARGV[5])
-if rpm >= 0 or tpm >= 0 then
+local limited = rpm >= 0 or tpm >= 0
+local nreq, oreq, used, otok, rows = 0, now, 0, now, 0
+if limited then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
-end
-if rpm >= 0 and redis.call('ZCARD', KEYS[4]) >= rpm then
-  return {'rpm', redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]}
+  nreq = redis.call('ZCARD', KEYS[4])
+  if nreq > 0 then oreq = tonumber(redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]) end
 end
 if tpm >= 0 then
-  local used = 0
-  local rows = redis.call('ZRANGE', KEYS[5], 0, -1)
-  for _, m in ipairs(rows) do used = used + tonumber(string.match(m, '|(%d+)$')) end
-  if #rows > 0 and used + tokens > tpm then
-    return {'tpm', redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')[2]}
-  end
+  local flat = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+  for i = 1, #flat, 2 do used = used + tonumber(string.match(flat[i], '|(%d+)$')) end
+  rows = #flat / 2
+  if rows > 0 then otok = tonumber(flat[2]) end
 end
+-- with rpm/tpm, every answer carries the window (the x-ratelimit-* headers: see ledger.py)
+local function answer(kind, detail)
+  if limited then return {kind, detail, nreq, oreq, used, otok} end
+  return {kind, detail}
+end
+if rpm >= 0 and nreq >= rpm then return answer('rpm', oreq) end
+if tpm >= 0 and rows > 0 and used + tokens > tpm then return answer('tpm', otok) end
 local kb, tb = tonumber(ARGV[6]), tonumber(ARGV[7])
 if kb >= 0 then
   local s = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if s >= kb then return {'key', tostring(s)} end
+  if s >= kb then return answer('key', tostring(s)) end
 end
 if tb >= 0 then
   local s = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if s >= tb then return {'team', tostring(s)} end
+  if s >= tb then return answer('team', tostring(s)) end
 end
 local reserve = tonumber(ARGV[4])
 for i, k in ipairs({KEYS[2], KEYS[3]}) do
@@ -75,13 +81,16 @@ for i, k in ipairs({KEYS[2], KEYS[3]}) do
     if tonumber(ARGV[9 + i]) > 0 then redis.call('EXPIRE', k, ARGV[9 + i]) end
   end
 end
-if rpm >= 0 or tpm >= 0 then
+if limited then
   redis.call('ZADD', KEYS[4], now, ARGV[2])
   redis.call('ZADD', KEYS[5], now, ARGV[2] .. '|' .. ARGV[5])
   redis.call('PEXPIRE', KEYS[4], window + 1000)
   redis.call('PEXPIRE', KEYS[5], window + 1000)
+  nreq = nreq + 1
+  if tpm >= 0 then used = used + tokens end
 end
 if reserve > 0 then redis.call('SET', KEYS[6], '1', 'PX', ARGV[13]) end
+if limited then return answer('ok', 0) end
 return {'ok'}
 """
 

@@ -3,7 +3,8 @@
     keys = KeyService(config, metrics, clock)
     grant = keys.authenticate(token)            # None: a GATEWAY_API_KEYS key (or an open gateway)
     keys.check_model(grant, "gpt-4o-mini")      # 403 if the key may not use it
-    await keys.admit(rec, grant, model, prompt_tokens, max_tokens)   # 429 over budget / rate
+    await keys.admit(rec, grant, model, pinned, prompt_tokens, max_tokens)   # 429 over budget / rate
+    grant.rate_headers                           # x-ratelimit-* for every answer (keys with rpm/tpm)
     ...                                          # forward, price (rec.cost)
     keys.settle(rec)                             # once, whatever happened to the request
     await keys.refresh()                         # every tick: records, spend, settlements
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from ..http.errors import GatewayError
+from ..spend.accounting import endpoint_charge_cap
 from ..spend.cost import Usage, api_cost
 from .ledger import WINDOW_MS, MemoryLedger, Reservation
 from .periods import iso, period_end, period_id
@@ -30,7 +32,7 @@ SLOT_GRACE_S = 35 * 86400  # a period's spend stays readable this long after it 
 
 
 class LimitError(GatewayError):
-    """A 429 that carries OpenAI's rate-limit headers."""
+    """A 429 that carries ``retry-after`` (the proxy adds the grant's rate-limit headers)."""
 
     def __init__(self, message: str, code: str, headers: list):
         super().__init__(429, message, code=code)
@@ -45,13 +47,15 @@ class Grant:
     reserved: int = 0  # nano-USD
     slots: tuple = ()  # (slot, ttl_s) reserved in
     settled: bool = False
+    rate_headers: list = ()  # OpenAI's x-ratelimit-* as the reserve script left them (rpm/tpm keys)
 
 
 class KeyService:
-    def __init__(self, config, metrics=None, clock=time.time):
+    def __init__(self, config, metrics=None, clock=time.time, endpoints=None):
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        self.endpoints = endpoints if endpoints is not None else {}  # backend -> EndpointStatus
         if config.state.redis_url:
             from .ledger_redis import RedisLedger
             self.ledger = RedisLedger(config.state)
@@ -122,18 +126,31 @@ class KeyService:
             raise GatewayError(403, f"The key '{grant.record.alias}' may not use the model `{model}`.",
                                param="model", code="model_not_allowed")
 
-    def worst_case_nanos(self, model, prompt_tokens: int, max_tokens: int | None) -> int:
-        """The most the request can cost at the model's API prices (every route's, the dearest)."""
+    def worst_case_nanos(self, model, pinned: str | None, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The most the request can cost on any route it may take (only the pinned one, if pinned).
+
+        An API route: counted prompt + ``max_tokens`` at its prices. An endpoint route: the most
+        one request can be attributed (``endpoint_charge_cap``), for the instances the endpoint can
+        run: ``max_instances`` (the actuator's ceiling), or more if more are in service now.
+        """
         out = max_tokens if max_tokens is not None else self.config.keys.default_max_tokens
         usage = Usage(prompt_tokens, out)
         worst = Decimal(0)
         for route in model.routes:
+            if pinned is not None and route.backend != pinned:
+                continue
             b = self.config.backends[route.backend]
-            if b.type == "openai" and route.upstream_model in b.prices:
-                worst = max(worst, api_cost(b.prices[route.upstream_model], usage))
+            if b.type == "openai":
+                if route.upstream_model in b.prices:
+                    worst = max(worst, api_cost(b.prices[route.upstream_model], usage))
+            else:
+                status = self.endpoints.get(route.backend)
+                running = status.instances_in_service if status is not None else 0
+                worst = max(worst, endpoint_charge_cap(b.hourly_price_usd, max(b.max_instances, running)))
         return usd_to_nanos(worst)
 
-    async def admit(self, rec, grant: Grant | None, model, prompt_tokens: int, max_tokens: int | None) -> None:
+    async def admit(self, rec, grant: Grant | None, model, pinned: str | None, prompt_tokens: int,
+                    max_tokens: int | None) -> None:
         """Reserve the worst case in the key's (and team's) budget and count it against rpm/tpm."""
         if grant is None:
             return
@@ -142,7 +159,7 @@ class KeyService:
         now = self.clock()
         team = self.teams.get(key.team) if key.team else None
         budgeted = key.budget_nanos is not None or (team is not None and team.budget_nanos is not None)
-        reserve = self.worst_case_nanos(model, prompt_tokens, max_tokens) if budgeted else 0
+        reserve = self.worst_case_nanos(model, pinned, prompt_tokens, max_tokens) if budgeted else 0
         out = max_tokens if max_tokens is not None else self.config.keys.default_max_tokens
         key_slot, key_ttl = self._slot("key", key.alias, key.budget_period, now)
         team_slot, team_ttl = (self._slot("team", team.name, team.budget_period, now) if team is not None
@@ -156,6 +173,8 @@ class KeyService:
         if kind == "unavailable":
             raise GatewayError(503, "Budgets cannot be checked right now (shared state unreachable); retry "
                                "shortly.", type="server_error", code="budget_unavailable")
+        if len(verdict) > 2:  # the key has rpm/tpm: the window as the script saw it (see ledger.py)
+            grant.rate_headers = rate_headers(key, verdict[2:], r.now_ms)
         if kind == "ok":
             grant.reserved = reserve
             grant.slots = tuple((s, t) for s, t in ((key_slot, key_ttl), (team_slot, team_ttl)) if s is not None)
@@ -163,7 +182,11 @@ class KeyService:
         if kind == "revoked":
             raise GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
         if kind in ("rpm", "tpm"):
-            raise self._rate_error(key, kind, float(verdict[1]), now, prompt_tokens + out)
+            wait_s = max(0.001, (int(verdict[1]) + WINDOW_MS - r.now_ms) / 1000)
+            retry = str(max(1, math.ceil(wait_s)))
+            what = (f"{key.rpm} requests" if kind == "rpm" else f"{key.tpm} tokens") + " per minute"
+            raise LimitError(f"Rate limit reached for key '{key.alias}': {what}. Retry in {retry} s.",
+                             "rate_limit_exceeded", [(b"retry-after", retry.encode())])
         if kind == "key":
             scope, name, budget, period = "key", key.alias, key.budget_nanos, key.budget_period
         else:
@@ -174,24 +197,6 @@ class KeyService:
                            f"${nanos_to_usd(int(verdict[1])).normalize():f} of its ${nanos_to_usd(budget).normalize():f}"
                            f" {period if period != 'total' else 'total'} budget; {when}.",
                            type="insufficient_quota", code="budget_exceeded")
-
-    @staticmethod
-    def _rate_error(key: KeyRecord, kind: str, oldest_ms: float, now: float, tokens: int) -> LimitError:
-        wait_s = max(0.001, (oldest_ms + WINDOW_MS) / 1000 - now)
-        retry = str(max(1, math.ceil(wait_s))).encode()
-        reset = f"{wait_s:.3f}s".encode()
-        h = [(b"retry-after", retry)]
-        if key.rpm is not None:
-            h += [(b"x-ratelimit-limit-requests", str(key.rpm).encode()),
-                  (b"x-ratelimit-remaining-requests", b"0" if kind == "rpm" else b"1"),
-                  (b"x-ratelimit-reset-requests", reset if kind == "rpm" else b"0s")]
-        if key.tpm is not None:
-            h += [(b"x-ratelimit-limit-tokens", str(key.tpm).encode()),
-                  (b"x-ratelimit-remaining-tokens", b"0" if kind == "tpm" else str(tokens).encode()),
-                  (b"x-ratelimit-reset-tokens", reset if kind == "tpm" else b"0s")]
-        what = (f"{key.rpm} requests" if kind == "rpm" else f"{key.tpm} tokens") + " per minute"
-        return LimitError(f"Rate limit reached for key '{key.alias}': {what}. Retry in {retry.decode()} s.",
-                          "rate_limit_exceeded", h)
 
     def settle(self, rec) -> None:
         """Once per admitted request, whatever its path: the reservation becomes the real cost."""
@@ -289,3 +294,29 @@ class KeyService:
     def _add(self, rec: KeyRecord) -> None:
         self.keys[rec.alias] = rec
         self._by_digest[rec.digest] = rec.alias
+
+
+def rate_headers(key: KeyRecord, window, now_ms: int) -> list:
+    """OpenAI's ``x-ratelimit-*`` for a key with rpm and/or tpm, from the reserve script's answer.
+
+    ``window``: (requests, oldest request ms, tokens, oldest token entry ms) in the last 60 s,
+    this request included if it was admitted. ``reset``: until the oldest entry leaves the
+    sliding window, freeing room (what ``retry-after`` waits for on a 429); "0s" when empty.
+    """
+    requests, oldest_req, tokens, oldest_tok = (int(x) for x in window)
+    h = []
+    if key.rpm is not None:
+        h += [(b"x-ratelimit-limit-requests", str(key.rpm).encode()),
+              (b"x-ratelimit-remaining-requests", str(max(0, key.rpm - requests)).encode()),
+              (b"x-ratelimit-reset-requests", _reset(requests, oldest_req, now_ms))]
+    if key.tpm is not None:
+        h += [(b"x-ratelimit-limit-tokens", str(key.tpm).encode()),
+              (b"x-ratelimit-remaining-tokens", str(max(0, key.tpm - tokens)).encode()),
+              (b"x-ratelimit-reset-tokens", _reset(tokens, oldest_tok, now_ms))]
+    return h
+
+
+def _reset(used: int, oldest_ms: int, now_ms: int) -> bytes:
+    if not used:
+        return b"0s"
+    return f"{max(0, oldest_ms + WINDOW_MS - now_ms) / 1000:.3f}s".encode()

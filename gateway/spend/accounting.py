@@ -19,6 +19,16 @@ API_ONLY = "(api-only)"  # ledger line: what the same traffic would have cost on
 CHARGEBACK_WINDOW_S = 60  # a request pays its share of the endpoint cost of the last minute
 
 
+def endpoint_charge_cap(hourly_price_usd: Decimal, instances: int) -> Decimal:
+    """The most one request can be charged on an endpoint running ``instances`` (USD).
+
+    ``Accounting.cost_of`` charges ``share × per-second cost × window``, with the share at most
+    1 (``endpoint_share``) and the window at most ``CHARGEBACK_WINDOW_S``: one request pays at
+    most the whole window's instance time. Budgets reserve this for endpoint routes.
+    """
+    return hourly_price_usd * instances * CHARGEBACK_WINDOW_S / _HOUR
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """Filled in as the request goes; ``finish`` reads it."""
@@ -92,7 +102,9 @@ class Accounting:
         spec = self._endpoint_specs[rec.backend]
         mine = spec.capacity_tokens(usage.prompt_tokens, usage.completion_tokens)
         window = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens)
-        return endpoint_share(per_second, w.seconds, mine, window)
+        # the window's span can pass CHARGEBACK_WINDOW_S by float rounding (first_bucket's 1e-9):
+        # capped, so that endpoint_charge_cap is a bound to the nano-dollar
+        return endpoint_share(per_second, min(w.seconds, CHARGEBACK_WINDOW_S), mine, window)
 
     def settle(self, rec: RequestRecord) -> None:
         """Count the request's traffic and price it (before headers that carry the cost go out)."""

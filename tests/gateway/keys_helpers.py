@@ -9,9 +9,13 @@ SECRET_ENV = {"GATEWAY_ADMIN_KEYS": ADMIN, "GATEWAY_KEY_SECRET": "test-server-se
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def keys_config(openai, **sections) -> dict:
-    data = standin_config(openai, **sections)
+def keys_config(openai, sagemaker=None, **sections) -> dict:
+    """gpt-4o-mini on the API only; with ``sagemaker``, also ``llama-endpoint`` served by the endpoint only."""
+    data = standin_config(openai, sagemaker, **sections)
     data["backends"]["openai"]["prices"] = {"gpt-4o-mini": {"input": 2.5, "output": 10}}
+    if sagemaker is not None:
+        data["models"]["gpt-4o-mini"]["backends"] = [{"backend": "openai", "model": "gpt-4o-mini"}]
+        data["models"]["llama-endpoint"] = {"backends": [{"backend": "sagemaker"}], "encoding": "o200k_base"}
     data["keys"] = {"default_max_tokens": 200, "tags": ["checkout", "search"], **data.get("keys", {})}
     return data
 

@@ -134,6 +134,37 @@ def test_daily_budget_stops_the_key_and_resets_at_utc_midnight(openai_standin):
         assert Decimal(after["spend_usd"]) == costs[0] and after["resets_at"] == "2026-04-02T00:00:00Z"
 
 
+def test_rate_limit_headers_on_every_answer_in_process(openai_standin):
+    """The memory ledger (no Redis; also each replica's view during an outage) gives the same
+    x-ratelimit-* as the Lua script: counted down on 2xx, exact on the 429s of either limit."""
+    with _gateway(openai_standin) as gw:
+        client = _client(gw, create_key(gw.url, alias="metered", rpm=3, tpm=250))
+
+        def ask(max_tokens):
+            return client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG,
+                                                                    max_tokens=max_tokens)
+
+        first = ask(100).headers
+        n = 250 - int(first["x-ratelimit-remaining-tokens"])  # the counted prompt + 100
+        assert first["x-ratelimit-remaining-requests"] == "2" and 100 < n < 125
+        second = ask(100).headers
+        assert second["x-ratelimit-remaining-requests"] == "1"
+        assert second["x-ratelimit-remaining-tokens"] == str(250 - 2 * n)
+        with pytest.raises(openai.RateLimitError) as e:  # n more tokens do not fit
+            ask(100)
+        h = e.value.response.headers
+        assert e.value.body["code"] == "rate_limit_exceeded" and "250 tokens" in e.value.body["message"]
+        assert h["x-ratelimit-remaining-tokens"] == str(250 - 2 * n) and h["x-ratelimit-remaining-requests"] == "1"
+        assert 1 <= int(h["retry-after"]) <= 60 and float(h["x-ratelimit-reset-tokens"][:-1]) > 0
+        third = ask(1).headers  # n - 99 tokens fit
+        assert third["x-ratelimit-remaining-requests"] == "0"
+        assert third["x-ratelimit-remaining-tokens"] == str(250 - 3 * n + 99)
+        with pytest.raises(openai.RateLimitError) as e:
+            ask(1)
+        assert "3 requests" in e.value.body["message"]
+        assert e.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
 def test_cli_creates_lists_and_revokes_over_the_admin_api(openai_standin):
     import subprocess
     import sys
