@@ -147,7 +147,7 @@ class _BucketLoads:
 
     def __init__(self, times, loads, bucket_s: float, horizon_s: float, history_s: float):
         self.bucket_s = bucket_s
-        # buckets before the trace start count as empty, as a live gateway's do before its first request
+        # padding before the trace start: windows are cut at the start (``_windows``), never read it
         self.pad = int(history_s // bucket_s) + 2
         per = [0.0] * (self.pad + int(horizon_s // bucket_s) + 2)
         for t, x in zip(times, loads):
