@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +56,17 @@ GATEWAY_ENV = {"AWS_ACCESS_KEY_ID": "AKIDBENCH", "AWS_SECRET_ACCESS_KEY": "bench
                "AWS_EC2_METADATA_DISABLED": "true", "BENCH_UPSTREAM_KEY": "sk-mock"}
 
 BENCH_ADMIN_KEY = "adm-bench-1234"
+
+
+def redis_answers(url: str) -> bool:
+    """Does a Redis server answer PING at ``url`` (redis://host:port/db)?"""
+    u = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname, u.port or 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def create_virtual_key(url: str, fields: dict) -> str:
@@ -527,7 +539,13 @@ def main():
     ap.add_argument("--max-total-minutes", type=float, default=60.0)
     ap.add_argument("--out", default=None, help="results dir (default $BENCH_DIR/results/<timestamp>)")
     ap.add_argument("--summarize", metavar="DIR", help="only re-print the summary of an earlier results dir")
+    ap.add_argument("--redis-answers", metavar="URL", help="only check that Redis answers PING at URL (exit 0/1)")
     a = ap.parse_args()
+    if a.redis_answers:
+        sys.exit(0 if redis_answers(a.redis_answers) else 1)
+    if a.ours_key and not redis_answers(a.redis_url):
+        log("ours-w1-redis-key: SKIPPED (no Redis answering at %s; start redis-server or set REDIS_URL)" % a.redis_url)
+        a.ours_key = False
     if a.summarize:
         meta = json.load(open(os.path.join(a.summarize, "meta.json")))
         m = meta["args"]
@@ -913,15 +931,22 @@ def _summary_values(nm, rows, trs, maxes):
 
 
 def verdict(names, rows, trs, maxes):
-    """The issue's targets for `ours` against LiteLLM in the same run (else the anchor numbers)."""
-    if "ours" not in names:
-        return []
+    """The issue's targets for `ours` (and `ours-w1-redis-key`, every request on a virtual key with a
+    budget and rpm: issue 9) against LiteLLM in the same run (else the anchor numbers)."""
+    L = []
+    for nm in ("ours", "ours-w1-redis-key"):
+        if nm in names:
+            L += _verdict_for(nm, names, rows, trs, maxes)
+    return L
+
+
+def _verdict_for(nm, names, rows, trs, maxes):
     ll = next((n for n in names if n.startswith("litellm-lean")), None) or next((n for n in names if n.startswith("litellm")), None)
     ref = _summary_values(ll, rows, trs, maxes) if ll else {}
     src = ll or "anchor"
     ref = {k: (ref.get(k) if ref.get(k) is not None else v) for k, v in ANCHOR.items()}
-    ours = _summary_values("ours", rows, trs, maxes)
-    L = ["targets (ours vs %s; 'anchor' = the issue's LiteLLM numbers where this run has none):" % src]
+    ours = _summary_values(nm, rows, trs, maxes)
+    L = ["targets (%s vs %s; 'anchor' = the issue's LiteLLM numbers where this run has none):" % (nm, src)]
 
     def line(what, got, limit, ok, unit):
         L.append("  %-4s %-44s ours %s %s, limit %s %s" % ("MET" if ok else "MISS", what, fmt(got, 2), unit, fmt(limit, 2), unit))
@@ -936,10 +961,10 @@ def verdict(names, rows, trs, maxes):
             line("max req/s per core, %s >= 10x LiteLLM" % mode, got, lim, got >= lim, "req/s")
     # the Responses row holds this gateway to the same limits as its chat completions
     for mode, chat in (("responses", "nonstream"), ("responses_stream", "stream")):
-        got, lim = _cell(rows, "ours", mode, 1, "add_p50_ms"), ref["%s_add_p50" % chat] / 10
+        got, lim = _cell(rows, nm, mode, 1, "add_p50_ms"), ref["%s_add_p50" % chat] / 10
         if got is not None:
             line("+p50 at c=1, %s <= 1/10 of LiteLLM %s" % (mode, chat), got, lim, got <= lim, "ms")
-        got, lim = maxes.get(("ours", mode)), ref["%s_max" % chat] * 10
+        got, lim = maxes.get((nm, mode)), ref["%s_max" % chat] * 10
         if got is not None:
             line("max req/s per core, %s >= 10x LiteLLM %s" % (mode, chat), got, lim, got >= lim, "req/s")
     got, lim = ours["idle_rss_mb"], ref["idle_rss_mb"] / 3

@@ -20,17 +20,7 @@ if [ "${1:-}" = "--quick" ]; then
   ARGS=(--litellm '' --ours --ours-workers 1 --ours-workers 2 --ours-key --redis-url "$REDIS"
         --nonstream 1:200,16:1000 --stream 16:600 --reps 1)
 fi
-if ! "$BENCH_DIR/venv-bench/bin/python" - "$REDIS" <<'PY'
-import sys, socket
-from urllib.parse import urlsplit
-u = urlsplit(sys.argv[1])
-try:
-    with socket.create_connection((u.hostname, u.port or 6379), timeout=2) as s:
-        s.sendall(b"PING\r\n")
-        sys.exit(0 if s.recv(64).startswith(b"+PONG") else 1)
-except OSError:
-    sys.exit(1)
-PY
+if ! "$BENCH_DIR/venv-bench/bin/python" "$HERE/compare.py" --redis-answers "$REDIS"
 then
   echo "multiworker: SKIPPED (no Redis answering at $REDIS; start redis-server or set REDIS_URL)"
   exit 0
