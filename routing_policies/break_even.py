@@ -123,13 +123,17 @@ class BreakEven:
         dwelt = ctx.now_s - ctx.last_change_s >= self.min_dwell_s
         windows = ctx.windows
         if not windows or all(w.requests <= 0 for w in windows):
-            # an hour without a single request: no mix to price a restart with, and any
-            # idle account would have passed its restart cost long ago
-            if current > lo and not dwelt:
-                return CapacityDecision(current, "min_dwell")
-            return CapacityDecision(lo, "no_traffic")
-
-        mix = self._mix(windows, ctx)
+            if "p_req" not in ctx.memo or not windows:
+                # nothing seen yet (or not since the memo was lost): no mix to price anything with
+                if current > lo and not dwelt:
+                    return CapacityDecision(current, "min_dwell")
+                return CapacityDecision(lo, "no_traffic")
+            # an hour without a request after traffic that paid for instances: the same ski rental
+            # (at the last mix) decides whether the return is near enough to keep them. An hour's
+            # idle price is below one restart at gpt-4o prices and a few thousand requests/hour
+            mix = TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, spec, ctx.api_prices)
+        else:
+            mix = self._mix(windows, ctx)
         fore = self._nearest(windows, self.forecast_window_s)
         rph = fore.per_hour(fore.requests)
         be = break_even_requests_per_hour(spec, mix)
@@ -171,7 +175,8 @@ class BreakEven:
         near = self._nearest(windows, self.forecast_window_s)
         quiet = be is None or near.per_hour(near.requests) < be
         busy = ctx.now_s if quiet else min(ctx.memo.get("busy", ctx.now_s), ctx.now_s)
-        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
+        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy,
+                                  "p_req": mix.prompt_tokens_per_request, "c_req": mix.completion_tokens_per_request}
         beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
         here = costs[current - lo]
@@ -266,8 +271,9 @@ class BreakEven:
         return min(windows, key=lambda w: (abs(w.seconds - seconds), w.seconds))
 
 
-# memo keys that are no count's account: the last tick's time, the level traffic returns at, busy since
-_NOT_ACCOUNTS = frozenset(("at", "level", "busy"))
+# memo keys that are no count's account: the last tick's time, the level traffic returns at, busy
+# since, and the mix (prompt and completion tokens per request) to price an hour without traffic at
+_NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req"))
 
 
 def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:

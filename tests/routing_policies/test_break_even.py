@@ -367,3 +367,16 @@ def test_a_cold_start_must_be_paid_back_before_scaling_up_from_zero():
     warm, cold = first_up(SPEC), first_up(dataclasses.replace(SPEC, startup_from_zero_s=720.0))
     assert warm is not None and cold is not None
     assert 1.8 * warm <= cold <= 2.2 * warm
+
+
+def test_an_hour_without_requests_is_ski_rental_too():
+    # two busy hours (3× the 1→2 threshold, gpt-4o prices), then silence. Once the hour window is
+    # empty there is no traffic to measure, but a restart still costs a cold start's billing and
+    # the API bill until the instance serves again: more than another hour of one instance. So a
+    # 70-minute silence keeps one; a six-hour one releases everything before it ends.
+    v = _threshold_2()
+    busy = [v * 3] * 7200
+    short = drive(build_policy("break_even"), busy + [0.0] * 4200 + busy, 2 * 7200 + 4200)
+    assert min(short[7200 // 5:(7200 + 4200) // 5]) >= 1
+    long = drive(build_policy("break_even"), busy + [0.0] * 6 * 3600, 7200 + 6 * 3600)
+    assert long[-1] == 0
