@@ -13,11 +13,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BENCH_DIR="${BENCH_DIR:-${TMPDIR:-/tmp}/gateway-bench}"
 export BENCH_DIR
 REDIS="${REDIS_URL:-redis://127.0.0.1:6379/0}"
-ARGS=(--litellm '' --ours --ours-workers 1 --ours-workers 2 --ours-key --redis-url "$REDIS"
+ARGS=(--litellm '' --ours --ours-workers 1 --ours-workers 2 --redis-url "$REDIS"
       --nonstream 1:400,16:3000,64:3000 --stream 1:200,16:2000,64:2000 --reps 2)
 if [ "${1:-}" = "--quick" ]; then
   shift
-  ARGS=(--litellm '' --ours --ours-workers 1 --ours-workers 2 --ours-key --redis-url "$REDIS"
+  ARGS=(--litellm '' --ours --ours-workers 1 --ours-workers 2 --redis-url "$REDIS"
         --nonstream 1:200,16:1000 --stream 16:600 --reps 1)
 fi
 if ! "$BENCH_DIR/venv-bench/bin/python" "$HERE/compare.py" --redis-answers "$REDIS"

@@ -75,7 +75,7 @@ T0=$(date +%s)
 # ours-w1-redis-key (every request on a virtual key with a budget and rpm, state in Redis) is held to
 # the same targets against LiteLLM in the same run (issue 9); skipped when no Redis answers
 "$BENCH_DIR/venv-bench/bin/python" "$HERE/compare.py" "${LITELLM[@]}" --ours "${QUICK[@]}" \
-  --ours-key --redis-url "${REDIS_URL:-redis://127.0.0.1:6379/0}" \
+  --ours-key --redis-url "${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}" \
   --out "$OUT/compare" "${PASS[@]}" | tee "$OUT/compare.txt"
 
 if [ "$TOKENS" = 1 ]; then

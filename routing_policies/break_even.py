@@ -170,10 +170,10 @@ class BreakEven:
         # (an hour's average of a busy half-hour and a gap is half what returns)
         level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
         again = costs_by_instances(spec, mix, level * cap_per_req, dispersion)
-        # busy since: the last tick the forecast window's rate was below break-even. After a quiet
-        # stretch (a night, a gap in collection) the hour before it says nothing about the return
-        near = self._nearest(windows, self.forecast_window_s)
-        quiet = be is None or near.per_hour(near.requests) < be
+        # busy since: the last tick the watched hour's rate was below break-even. After a quiet
+        # hour (a night, a gap in collection) the hour before says nothing about the return; a
+        # lull of minutes is no such thing, and must not lift the cap on peaks of minutes
+        quiet = be is None or hour < be
         busy = ctx.now_s if quiet else min(ctx.memo.get("busy", ctx.now_s), ctx.now_s)
         memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy,
                                   "p_req": mix.prompt_tokens_per_request, "c_req": mix.completion_tokens_per_request}

@@ -57,7 +57,7 @@ BUCKET_TTL_S = HORIZON_S + 2 * BUCKET_S + 60  # outlives the longest window read
 SPEND_TTL_S = 90 * 86400  # ledger of a prefix nobody has written to for 90 days goes away
 ACCRUAL_TTL_S = 7 * 86400
 SEQ_TTL_S = 7 * 86400  # a batch retried after this long could apply twice (see class doc)
-WATCH_TTL_S = 60  # a watch no replica has renewed for this long is over: the next one begins afresh
+WATCH_TTL_S = 60  # (at least 3 syncs) a watch no replica renewed for this long is over: the next begins afresh
 RECENT_S = 30.0  # buckets ending this recently are re-read every sync (late pushes land there)
 FULL_CYCLE_S = 60.0  # every older bucket is re-read once per this many seconds
 HORIZON_BUCKETS = HORIZON_S // BUCKET_S + 1  # what VolumeBuckets.prune keeps besides the current one
@@ -81,6 +81,18 @@ for k = 2, #KEYS do
   i = i + 2 * n + 1
 end
 return 1
+"""
+
+# KEYS: the watch key.  ARGV: this process's watch start (unix s, as a string), ttl.  Keeps the
+# earlier of the two (a plain SET/GET: ZADD LT would need Redis 6.2), renews the ttl, returns it.
+_WATCH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(ARGV[1]) < tonumber(cur) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  cur = ARGV[1]
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return cur
 """
 
 # KEYS: accrued hash.  ARGV: key, now, fallback ("" or the latest marker this process saw),
@@ -168,6 +180,7 @@ class RedisStore:
         self._k_seq = f"{tag}:seq:{self._process}"
         self._k_vol = f"{tag}:vol:"
         self._k_watch = f"{tag}:watching_since"  # when the replicas' shared watch of traffic began
+        self._watch_ttl_s = max(WATCH_TTL_S, round(3 * float(state_cfg.flush_interval_s)))
         interval = max(float(state_cfg.flush_interval_s), 0.001)
         self._recent_s = max(RECENT_S, 3 * interval)
         self._cycle = max(1, round(FULL_CYCLE_S / interval))  # syncs per full re-read
@@ -368,11 +381,10 @@ class RedisStore:
             if totals:
                 pipe.hgetall(self._k_spend)
                 pipe.hgetall(self._k_accrued)
-                # the earliest any replica has watched since (LT: only ever lowered), for as long as
-                # one of them keeps syncing
-                pipe.zadd(self._k_watch, {"since": float(self._view.since)}, lt=True)
-                pipe.expire(self._k_watch, WATCH_TTL_S)
-                pipe.zscore(self._k_watch, "since")
+                # the earliest any replica has watched since, for as long as one of them keeps
+                # syncing. EVAL, not EVALSHA: a few hundred bytes a second, never NOSCRIPT
+                pipe.execute_command("EVAL", _WATCH, 1, self._k_watch, repr(float(self._view.since)),
+                                     self._watch_ttl_s)
             for b in reads:
                 pipe.hgetall(f"{self._k_vol}{b}")
             self.last_sync_commands = len(pipe)
@@ -397,7 +409,7 @@ class RedisStore:
             return results[1:] if batch is not None else results
 
     def _apply_reads(self, results: list, reads: list[int], now: float) -> None:
-        spend, accrued, watched, buckets = results[0], results[1], results[4], results[5:]
+        spend, accrued, watched, buckets = results[0], results[1], results[2], results[3:]
         if watched is not None:
             self._view.since = min(float(watched), self._view.since)
         self._spend_nanos = {tuple(f.split(US, 1)): int(v) for f, v in spend.items()}

@@ -63,9 +63,11 @@ class VolumeBuckets:
             self.since = now
 
     def span(self, now: float, seconds: float) -> float:
-        """The part of the last ``seconds`` that was watched (whole buckets; at least 1 s)."""
-        current = bucket_of(now)
-        return max((now - current * BUCKET_S) + (current - self._first(now, seconds)) * BUCKET_S, 1.0)
+        """The part of the last ``seconds`` that was watched (whole buckets, or from ``since``; at least 1 s)."""
+        start = self._first(now, seconds) * BUCKET_S
+        if self.since is not None:
+            start = max(start, self.since)
+        return max(now - start, 1.0)
 
     def _first(self, now: float, seconds: float) -> int:
         first = first_bucket(now, seconds)

@@ -291,6 +291,18 @@ def test_peaks_of_minutes_start_no_second_instance():
     assert max(drive(build_policy("break_even", {"hour_headroom": 0}), rates, len(rates))) >= 2
 
 
+def test_a_lull_of_minutes_does_not_lift_the_cap_on_peaks_of_minutes():
+    # the traffic above with six silent minutes before each peak: the lull is no quiet hour, and
+    # the hour before it still shows what rate recurs (a cap on the 5-min rate's lulls alone let
+    # the peaks start a second instance for 1,608 of these ticks)
+    v = _threshold_2()
+    def rate(t):
+        at = t % 3600
+        return 0.0 if at < 360 else v * 1.5 if at < 960 else v * 0.6
+    rates = [v * 0.6] * 3600 + [rate(t) for t in range(6 * 3600)]
+    assert max(drive(build_policy("break_even"), rates, len(rates))) == 1
+
+
 def test_a_fresh_process_counts_the_hour_it_has_watched():
     # a process that starts into traffic 3× the 1→2 threshold has seen ten minutes, not an hour: its
     # windows say so (``VolumeWindow.seconds``: the watched part), and the second instance is not held
