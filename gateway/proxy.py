@@ -395,10 +395,19 @@ class Proxy:
                          self._headers(rec, False))
 
     async def _plain(self, send, rec, reply, count_completion, read_usage=None) -> None:
+        # an answer can be large too (2,048 embeddings of 1,536 floats: ~60 MB): in pieces, off the loop
+        large = len(reply.body) > json_pieces.PIECE
         try:
-            parsed = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
+            parsed = await in_large_worker(json_pieces.loads, reply.body) if large else orjson.loads(reply.body)
+        except ValueError:  # orjson.JSONDecodeError is one
             parsed = None
+        try:
+            await self._answer(send, rec, reply, parsed, count_completion, read_usage)
+        finally:
+            if large and parsed is not None:
+                await in_large_worker(json_pieces.dispose, parsed)
+
+    async def _answer(self, send, rec, reply, parsed, count_completion, read_usage) -> None:
         if not isinstance(parsed, dict):
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
