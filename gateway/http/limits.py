@@ -94,10 +94,11 @@ LARGE_BODY_BYTES = 1024 * 1024
 class LargeBodyGate:
     """At most ``limit`` requests with a body over ``LARGE_BODY_BYTES`` handled at once.
 
-    A body costs up to about four times its size while it is handled (the bytes, the parsed
-    object, a rewritten copy, the upstream's buffer): eight 31 MB bodies once took a worker to
-    1.1 GB. Past the limit the request is refused at once with a 503 (the SDKs retry it)
-    rather than queued, so its bytes are never read.
+    A body costs about three times its size while it is handled when it is text (the bytes
+    arriving and joined, the parsed text; a rewrite adds a copy), up to ~15x when it is a
+    million tiny messages (Python objects): docs/reliability.md has the figures. Past the
+    limit the request is refused at once with a 503 (the SDKs retry it) rather than queued,
+    so its bytes are never read.
     """
 
     def __init__(self, limit: int):
