@@ -30,6 +30,7 @@ from .http.errors import GatewayError
 from .routes.health import BackendHealth
 from .routing.live import LiveRouting
 from .metrics import GatewayMetrics
+from .routes.metrics_port import MetricsPort
 from .routes.ops import OpsRoutes
 from .keys import KeyService
 from .proxy import Proxy
@@ -102,6 +103,10 @@ class GatewayApp:
             ("GET", "/"): self.status.page,
             ("GET", "/status.json"): self.status.data,
         }
+        if not config.metrics.on_main_port:
+            del self.routes[("GET", "/metrics")]
+        where = config.metrics.address()  # read at start: a reload does not move it
+        self.metrics_port = MetricsPort(ops.scrape, *where) if where else None
         self._key_item = key_admin.key_item  # /admin/keys/{alias}: GET, PATCH, DELETE
         self._paths = {path for _, path in self.routes}
         self.started = False
@@ -166,6 +171,8 @@ class GatewayApp:
         await self.keys.start()
         for backend in self.backends.values():
             await backend.start()
+        if self.metrics_port is not None:
+            await self.metrics_port.start()
         await self.tick()
         self._ticker = asyncio.ensure_future(self._tick_forever())
         log.info("gateway ready: pid %d, config %s, policy %s, backends %s, state %s", os.getpid(),
@@ -190,6 +197,8 @@ class GatewayApp:
         for task in list(self._control_tasks):
             task.cancel()
         await self.tick()  # the endpoint's last seconds and the last deltas are not lost
+        if self.metrics_port is not None:  # after the last tick: a final scrape sees its samples
+            await self.metrics_port.close()
         await self.store.close()
         await self.keys.close()
         for backend in self.backends.values():

@@ -151,9 +151,24 @@ class ServerConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 2048  # open connections (and requests in flight) per worker; beyond: 503
-    # Bodies over 1 MiB held at once per worker (each costs up to ~4x its size while handled); beyond: 503
+    # Bodies over 1 MiB held at once per worker (each costs ~3x its size while handled, up to ~14x for a
+    # million tiny messages: docs/reliability.md); beyond: 503
     max_large_bodies: int = 8
     shutdown_grace_s: float = 30.0  # SIGTERM: in-flight requests and streams get this long to finish
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where Prometheus scrapes: a port of its own (``listen``, "host:port"), the main one, or both."""
+
+    listen: str = ""  # empty: no port of its own
+    on_main_port: bool = True  # false: /metrics only on ``listen`` (the main port answers 404)
+
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,7 @@ class GatewayConfig:
     server: ServerConfig = ServerConfig()
     path: str = "<memory>"
     keys: KeysConfig = KeysConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -432,8 +448,22 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     )
     vr.reject_unknown()
     keys = _keys_section(root.sub("keys"), env)
+    metrics = _metrics_section(root.sub("metrics"))
     root.reject_unknown()
-    return GatewayConfig(backends, models, routing, auth, state, server, path, keys)
+    return GatewayConfig(backends, models, routing, auth, state, server, path, keys, metrics)
+
+
+def _metrics_section(mr: "_Reader") -> MetricsConfig:
+    listen = mr.get("listen", str, "") or ""
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise mr.error("listen", f"expected host:port (e.g. 127.0.0.1:9464 or 0.0.0.0:9464), got {listen!r}")
+    cfg = MetricsConfig(listen, mr.get("on_main_port", bool, True))
+    if not cfg.on_main_port and not listen:
+        raise mr.error("on_main_port", "false needs metrics.listen: /metrics would be served nowhere")
+    mr.reject_unknown()
+    return cfg
 
 
 def _keys_section(kr: "_Reader", env: Mapping[str, str]) -> KeysConfig:

@@ -25,7 +25,9 @@ from .http.asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_lengt
 from .backends import UpstreamUnavailable
 from .spend.cost import Usage, display_usd, usage_from_openai
 from .http.errors import GatewayError, bad_request
-from .http.limits import LARGE_BODY_BYTES, LargeBodyGate, off_loop, too_deep
+from .http import json_pieces
+from .http.limits import (GC_PAUSE, INLINE_WORK_MAX_BYTES, LARGE_BODY_BYTES, LargeBodyGate, in_large_worker, off_loop,
+                          return_large_buffers_to_the_os, too_deep)
 from .keys import KeyService
 from .tokens import TokenCounter
 from .http.upstream_errors import client_error_body, log_upstream_error, unavailable_message
@@ -59,14 +61,20 @@ def _request_id(scope) -> str:
     return "gw-" + os.urandom(8).hex()
 
 
-def _parse(body: bytes) -> dict:
+def _parse(body: bytes, check=None):
+    """The body's JSON object (and ``check(req)``'s answer); a large body is parsed in pieces
+    (run in a worker thread by ``_read_request``: see json_pieces)."""
     try:
-        req = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        req = orjson.loads(body) if len(body) <= json_pieces.PIECE else json_pieces.loads(body)
+    except ValueError:  # orjson.JSONDecodeError is one
         raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(req, dict):
         raise bad_request("The request body must be a JSON object.")
-    return req
+    return req if check is None else (req, check(req))
+
+
+def _no_check(req):
+    return None
 
 
 def _map_upstream_status(status: int) -> int:
@@ -95,6 +103,7 @@ class Proxy:
         self.health = health
         self._counters: dict[str, TokenCounter] = {}
         self.large_bodies = LargeBodyGate(config.server.max_large_bodies)
+        return_large_buffers_to_the_os()
 
     # -- shared steps --------------------------------------------------------
     def _authorize(self, scope, rec) -> None:
@@ -103,8 +112,11 @@ class Proxy:
         if rec.grant is not None:
             rec.tag = self.keys.tag_of(header(scope, b"x-gateway-tags"))
 
-    async def _read_request(self, scope, receive, rec) -> tuple[bytes, dict]:
-        """The raw body and its JSON object, once the key was checked (before reading the body).
+    async def _read_request(self, scope, receive, rec, check=None) -> tuple[bytes, dict, object]:
+        """The raw body, its JSON object and ``check(req)``'s answer (the API's validation: a
+        walk over every message), once the key was checked (before reading the body). For a
+        body over ``json_pieces.PIECE`` both run in a worker thread, in pieces that hand the GIL
+        back to the event loop.
 
         A large body is admitted (``rec.large_body``) before it is read when its length is
         declared, else once read; the handler's wrapper releases it when the request is over.
@@ -127,7 +139,17 @@ class Proxy:
             self.large_bodies.admit()
             rec.large_body = True
         rec.body_bytes = len(raw)
-        return raw, _parse(raw)
+        check = check or _no_check
+        if len(raw) <= json_pieces.PIECE:
+            return raw, *_parse(raw, check)
+        GC_PAUSE.hold()
+        try:
+            req, checked = await in_large_worker(_parse, raw, check)
+        except BaseException:
+            GC_PAUSE.release()
+            raise
+        rec.parsed = req  # freed off the loop when the request is over (see _guarded)
+        return raw, req, checked
 
     def _resolve(self, req: dict, kind: str):
         name = req.get("model")
@@ -261,8 +283,12 @@ class Proxy:
         plan = self._plan(model, pinned, rec.backend)
         for i, route in enumerate(plan):
             rec.backend, rec.upstream_model = route.backend, route.upstream_model
-            body = (self._upstream_body(req, raw, route.upstream_model, stream) if api is None else
-                    api.upstream_body(req, raw, route.upstream_model, stream, self.backends[route.backend]))
+            build = (self._upstream_body if api is None else api.upstream_body)
+            args = (req, raw, route.upstream_model, stream) + (() if api is None else (self.backends[route.backend],))
+            try:  # a large body's rewrite (a splice, a translation) in a worker thread
+                body = build(*args) if len(raw) <= json_pieces.PIECE else await in_large_worker(build, *args)
+            except orjson.JSONEncodeError:  # as in limits.dumps, for a translation's own dumps
+                raise too_deep(req) from None
             t0 = time.perf_counter()
             try:
                 reply = await call(self.backends[route.backend], body)
@@ -305,16 +331,24 @@ class Proxy:
             await self._crashed(send, rec, e)
         finally:
             self.keys.settle(rec)  # every kind and path: the reservation becomes the real cost
-            if rec.large_body:
-                self.large_bodies.release()
+            try:
+                if rec.parsed is not None:
+                    parsed, rec.parsed, rec.count_prompt = rec.parsed, None, None
+                    try:
+                        await in_large_worker(json_pieces.dispose, parsed)
+                    finally:
+                        del parsed
+                        GC_PAUSE.release()
+            finally:
+                if rec.large_body:
+                    self.large_bodies.release()
 
     async def _chat(self, rec, scope, receive, send) -> None:
         await self._generate(CHAT, rec, scope, receive, send)
 
     async def _generate(self, api, rec, scope, receive, send) -> None:
         try:
-            raw, req = await self._read_request(scope, receive, rec)
-            stream, max_tokens = api.check(req)
+            raw, req, (stream, max_tokens) = await self._read_request(scope, receive, rec, api.check)
             model, pinned = self._resolve(req, api.model_kind)
             rec.model, rec.stream = model.name, stream
             pinned = self._pin_for(api, req, model, pinned)
@@ -337,7 +371,7 @@ class Proxy:
             if stream and rec.prompt_tokens_counted is None:
                 # the stream's headers carry the count: tiktoken (which releases the GIL) counts
                 # in a thread while the upstream prepares its first token
-                counting = asyncio.ensure_future(asyncio.to_thread(count, counter, req))
+                counting = asyncio.ensure_future(off_loop(max(len(raw), INLINE_WORK_MAX_BYTES + 1), count, counter, req))
             decision = self.live.decide(model.name, pinned, routing_tokens, max_tokens, time.time())
             rec.backend, rec.reason = decision.backend, decision.reason
             try:
@@ -367,10 +401,19 @@ class Proxy:
                          self._headers(rec, False))
 
     async def _plain(self, send, rec, reply, count_completion, read_usage=None) -> None:
+        # an answer can be large too (2,048 embeddings of 1,536 floats: ~60 MB): in pieces, off the loop
+        large = len(reply.body) > json_pieces.PIECE
         try:
-            parsed = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
+            parsed = await in_large_worker(json_pieces.loads, reply.body) if large else orjson.loads(reply.body)
+        except ValueError:  # orjson.JSONDecodeError is one
             parsed = None
+        try:
+            await self._answer(send, rec, reply, parsed, count_completion, read_usage)
+        finally:
+            if large and parsed is not None:
+                await in_large_worker(json_pieces.dispose, parsed)
+
+    async def _answer(self, send, rec, reply, parsed, count_completion, read_usage) -> None:
         if not isinstance(parsed, dict):
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
@@ -439,8 +482,7 @@ class Proxy:
 
     async def _embeddings(self, rec, scope, receive, send) -> None:
         try:
-            raw, req = await self._read_request(scope, receive, rec)
-            _check_embedding_input(req.get("input"))
+            raw, req, _ = await self._read_request(scope, receive, rec, _check_embedding_input)
             model, pinned = self._resolve(req, "embeddings")
             rec.model = model.name
             # counted only if the upstream does not say (see load_tokenizers); routing needs no count:
@@ -460,8 +502,9 @@ class Proxy:
             await self._plain(send, rec, reply, lambda parsed: 0)
 
 
-def _check_embedding_input(value) -> None:
+def _check_embedding_input(req: dict) -> None:
     """OpenAI's four shapes: a string, an array of strings, of token ids, or of token-id arrays."""
+    value = req.get("input")
     ok = isinstance(value, str) and value != "" or isinstance(value, list) and value != [] and (
         all(isinstance(x, str) for x in value)
         or all(isinstance(x, int) and not isinstance(x, bool) for x in value)

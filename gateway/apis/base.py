@@ -1,13 +1,17 @@
 """What the proxy needs to know about one generation API."""
 from __future__ import annotations
 
+from ..http.json_pieces import spliced
 from ..http.limits import dumps
 from ..spend.cost import usage_from_openai
 from ..sse_tap import ChatEvents, SseTap
 
 
 def openai_body(req: dict, raw: bytes, upstream_model: str, stream: bool, stream_usage: bool) -> bytes:
-    """The client's bytes, unless the model name changes or a stream must be asked for usage."""
+    """The client's bytes, unless the model name changes or a stream must be asked for usage.
+
+    A body parsed in pieces (large) has the changed members spliced into its bytes; a small
+    one is serialised again (under 128 KiB: about a millisecond at most)."""
     changes = {}
     if req.get("model") != upstream_model:
         changes["model"] = upstream_model
@@ -15,7 +19,10 @@ def openai_body(req: dict, raw: bytes, upstream_model: str, stream: bool, stream
         so = req.get("stream_options") or {}
         if not so.get("include_usage"):
             changes["stream_options"] = {**so, "include_usage": True}
-    return dumps({**req, **changes}) if changes else raw
+    if not changes:
+        return raw
+    out = spliced(raw, req, changes)
+    return out if out is not None else dumps({**req, **changes})
 
 
 class Api:

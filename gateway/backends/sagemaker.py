@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from routing_policies import ENDPOINT
 
+from ..http.limits import off_loop
 from .base import UpstreamReply, UpstreamUnavailable, register
 from .http_pool import HttpPool
 from .sagemaker_codec import codec_for
@@ -111,21 +112,24 @@ class SageMakerBackend:
             except Exception as e:  # noqa: BLE001 — a broken AWS config is the endpoint's failure, not a crash
                 self._signer_ready = None  # try again on the next request
                 raise UpstreamUnavailable(f"AWS signing unavailable ({type(e).__name__})") from None
-        payload = self._codec.encode_request(body)
+        # a large body is parsed by a codec (tgi) and hashed by SigV4: off the loop (see http.limits)
+        payload = await off_loop(len(body), self._codec.encode_request, body)
         url = self._stream_url if stream else self._url
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if stream:
             headers["X-Amzn-SageMaker-Accept"] = "application/json"
         if self.cfg.inference_component_name:
             headers[COMPONENT_HEADER] = self.cfg.inference_component_name
-        reply = await self._pool.post(url, payload, self._signer.sign(url, payload, headers), stream)
+        signed = await off_loop(len(payload), self._signer.sign, url, payload, headers)
+        reply = await self._pool.post(url, payload, signed, stream)
         if reply.status == 400 and _NO_CAPACITY in (reply.body or b""):
             raise EndpointNotInService(f"SageMaker inference component {self.cfg.inference_component_name} has "
                                        "no copy running (scaled to zero or scaling up)")
         if reply.status >= 300:
             return UpstreamReply(*self._codec.error_reply(reply.status, reply.body))
         if not stream:
-            return UpstreamReply(reply.status, self._codec.decode_response(reply.body, body))
+            return UpstreamReply(reply.status, await off_loop(len(body) + len(reply.body), self._codec.decode_response,
+                                                              reply.body, body))
         return UpstreamReply(reply.status, chunks=self._codec.decode_stream(reply.chunks, body), close=reply.close)
 
     async def completions(self, body: bytes, stream: bool) -> UpstreamReply:

@@ -14,7 +14,9 @@ import uuid
 
 import orjson
 
+from ..http import json_pieces
 from ..http.errors import bad_request, error_body
+from ..http.limits import off_loop
 from .base import UpstreamUnavailable
 
 
@@ -130,7 +132,7 @@ def _completion(request: dict, text: str, finish: str, completion_tokens: int | 
 
 class TgiCodec(MessagesCodec):
     def encode_request(self, body: bytes) -> bytes:
-        req = orjson.loads(body)
+        req = json_pieces.loads(body)  # a large body: in pieces (this runs in the large-body thread)
         params = {"details": True}
         for src, dst in _TGI_PARAMS.items():
             if req.get(src) is not None:
@@ -150,11 +152,11 @@ class TgiCodec(MessagesCodec):
         item = parsed[0] if isinstance(parsed, list) and parsed else parsed
         details = item.get("details") or {}
         finish = "length" if details.get("finish_reason") == "length" else "stop"
-        return orjson.dumps(_completion(orjson.loads(request_body), item.get("generated_text", ""), finish,
+        return orjson.dumps(_completion(json_pieces.loads(request_body), item.get("generated_text", ""), finish,
                                         details.get("generated_tokens")))
 
     async def decode_stream(self, chunks, request_body: bytes):
-        request = orjson.loads(request_body)
+        request = await off_loop(len(request_body), json_pieces.loads, request_body)
         legacy = _is_completions(request)
         head = {"id": f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
                 "object": "text_completion" if legacy else "chat.completion.chunk",

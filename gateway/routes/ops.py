@@ -33,11 +33,15 @@ class OpsRoutes:
         await send_bytes(send, 200 if ready else 503, orjson.dumps(body))
 
     async def metrics(self, scope, receive, send) -> None:
+        status, body, content_type = self.scrape(bearer_token(scope))
+        await send_bytes(send, status, body, content_type=(b"content-type", content_type))
+
+    def scrape(self, token: str | None) -> tuple[int, bytes, bytes]:
+        """(status, body, content type) of a /metrics request that carries ``token``, on either port."""
         auth = self.app.config.auth
-        if auth.metrics_keys and bearer_token(scope) not in auth.metrics_keys | auth.admin_keys:
-            err = GatewayError(401, "Invalid or missing metrics key.", code="invalid_api_key")
-            await send_bytes(send, 401, err.body())
-            return
+        if auth.metrics_keys and token not in auth.metrics_keys | auth.admin_keys:
+            return 401, GatewayError(401, "Invalid or missing metrics key.", code="invalid_api_key").body(), \
+                b"application/json"
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import CollectorRegistry, multiprocess
 
@@ -46,7 +50,7 @@ class OpsRoutes:
             data = generate_latest(registry)
         else:
             data = generate_latest(self.app.registry)
-        await send_bytes(send, 200, data, content_type=(b"content-type", CONTENT_TYPE_LATEST.encode()))
+        return 200, data, CONTENT_TYPE_LATEST.encode()
 
     async def models(self, scope, receive, send) -> None:
         cfg = self.app.config

@@ -54,6 +54,7 @@ class RequestRecord:
     finished: bool = False  # counted in metrics and the access log (a crash handler checks it)
     body_bytes: int = 0  # of the client's request: decides whether counting it runs off the loop
     large_body: bool = False  # holds a place in the proxy's LargeBodyGate
+    parsed: object = None  # a large body's JSON object, freed piece by piece off the loop at the end
     grant: object = None  # gateway.keys.Grant of a virtual key (settled by the proxy)
     tag: str | None = None  # x-gateway-tags value from the configured set
 
