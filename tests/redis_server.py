@@ -158,9 +158,10 @@ class RedisClusterServer:
             cluster.reset()                        # FLUSHALL + SCRIPT FLUSH: a clean slate
 
     ``stop``/``restart``/``pause``/``resume`` act on every node, so the cluster can stand in
-    for a ``RedisServer`` in outage tests; ``persistent`` switches the AOF on for each node
-    (at once via CONFIG SET, and for later restarts). Each node gets its own free data and
-    cluster-bus ports (``--cluster-port``, Redis 7+). Processes are ended by PID only.
+    for a ``RedisServer`` in outage tests; ``persistent = True`` switches the AOF on for each
+    node (via CONFIG SET, returning once its first rewrite is done; and for later restarts).
+    Each node gets its own free data and cluster-bus ports (``--cluster-port``, Redis 7+).
+    Processes are ended by PID only.
     """
 
     SLOTS = 16384
@@ -192,6 +193,7 @@ class RedisClusterServer:
 
     @persistent.setter
     def persistent(self, on: bool) -> None:
+        switched = []
         for node in self.nodes:
             node.persistent = on
             if node.running:
@@ -199,6 +201,32 @@ class RedisClusterServer:
                 admin.config_set("appendfsync", "always")
                 admin.config_set("appendonly", "yes" if on else "no")
                 admin.close()
+                switched.append(node)
+        if on:
+            for node in switched:
+                self.wait_aof_on(node)
+
+    def wait_aof_on(self, node: RedisServer, timeout_s: float | None = None) -> None:
+        """Until ``node``'s AOF, switched on at runtime, actually keeps acknowledged writes.
+
+        CONFIG SET appendonly yes only starts a background rewrite (a fork). Until the server
+        has reaped that child (its cron runs every 100 ms) writes go to a temporary incr file
+        the manifest does not name yet: a SIGKILL then restart loads an empty dataset. On a
+        loaded box that window is long enough for a test's first writes to fall into it."""
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        while True:
+            admin = self._admin(node)
+            try:
+                info = admin.info("persistence")
+            finally:
+                admin.close()
+            if (info["aof_enabled"] == 1 and info["aof_rewrite_in_progress"] == 0
+                    and info["aof_rewrite_scheduled"] == 0 and info["aof_last_bgrewrite_status"] == "ok"):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"AOF of node {node.port} not on after "
+                                   f"{timeout_s or self.ready_timeout_s} s: {info}\n{node.log()}")
+            time.sleep(0.02)
 
     def start(self) -> "RedisClusterServer":
         try:
