@@ -70,7 +70,11 @@ def redis_answers(url: str) -> bool:
 
 
 def create_virtual_key(url: str, fields: dict) -> str:
-    """POST /admin/keys on a started gateway; the secret it answers is the target's api key."""
+    """POST /admin/keys on a started gateway; the secret it answers is the target's api key.
+
+    The alias gets a fresh suffix: keys live in Redis, and the next rep's gateway would find the
+    last one's alias taken (409)."""
+    fields = dict(fields, alias="%s-%s" % (fields["alias"], os.urandom(4).hex()))
     req = urllib.request.Request(url + "/admin/keys", data=json.dumps(fields).encode(), method="POST",
                                  headers={"authorization": "Bearer " + BENCH_ADMIN_KEY,
                                           "content-type": "application/json"})
