@@ -99,7 +99,7 @@ class Accounting:
             return api_cost(cfg.prices[rec.upstream_model], usage)
         status = self.endpoints[rec.backend]
         per_second = cfg.hourly_price_usd * status.instances_in_service / _HOUR
-        w = self.store.volume().window(now, CHARGEBACK_WINDOW_S, backend=rec.backend)
+        w = self.store.volume().window(now, CHARGEBACK_WINDOW_S, backend=rec.backend, watched_only=False)
         spec = self._endpoint_specs[rec.backend]
         mine = spec.capacity_tokens(usage.prompt_tokens, usage.completion_tokens)
         window = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens)

@@ -106,15 +106,23 @@ class VolumeBuckets:
             out[b] = out.get(b, 0.0) + row[2] + weight * row[1]
         return {b: x for b, x in out.items() if x}
 
-    def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None) -> VolumeWindow:
-        """Traffic of the last ``seconds`` (whole buckets, the current one included)."""
+    def window(self, now: float, seconds: float, backend: str | None = None, model: str | None = None,
+               watched_only: bool = True) -> VolumeWindow:
+        """Traffic of the last ``seconds`` (whole buckets, the current one included).
+
+        ``watched_only=False``: the span is the whole window even before ``since`` (chargeback
+        shares the window's instance time among the requests seen in it, watched or not)."""
         r = p = c = 0.0
         for _, row in self._rows(now, seconds, backend, None if model is None else (model,)):
             r += row[0]
             p += row[1]
             c += row[2]
         # the current bucket is partly elapsed: measure the window by what has elapsed
-        return VolumeWindow(seconds=self.span(now, seconds), requests=r, prompt_tokens=p, completion_tokens=c)
+        if watched_only:
+            span = self.span(now, seconds)
+        else:
+            span = max(now - first_bucket(now, seconds) * BUCKET_S, 1.0)
+        return VolumeWindow(seconds=span, requests=r, prompt_tokens=p, completion_tokens=c)
 
 
 def load_moments(loads: dict[int, float], now: float, seconds: float) -> tuple[LoadMoments, ...]:
