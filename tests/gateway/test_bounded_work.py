@@ -4,7 +4,6 @@ Each body here once froze the event loop or crashed the gateway into a text/plai
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -12,6 +11,7 @@ import openai
 import orjson
 import pytest
 from gateway_harness import RunningGateway, build_config, standin_config
+from probes import healthz
 
 from gateway.state.memory import MemoryStore
 
@@ -31,38 +31,10 @@ def _raw(template: dict, **deep: str) -> bytes:
     return out.encode()
 
 
-class _HealthProbe:
-    """Polls /healthz from a thread while something else is in flight; keeps the slowest answer."""
-
-    def __init__(self, url: str):
-        self.url, self.slowest, self.polls, self.failures = url, 0.0, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        with httpx.Client(timeout=30) as c:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                r = c.get(f"{self.url}/healthz")
-                self.slowest = max(self.slowest, time.monotonic() - t0)
-                self.polls += 1
-                if r.status_code != 200:
-                    self.failures.append(r.status_code)
-                time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
 def test_a_30mb_single_word_does_not_freeze_healthz(gateway, openai_standin):
     # 30M characters in one word: counted whole on the loop this took 30 s and held /healthz as long
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a" * 30_000_000}]})
-    with _HealthProbe(gateway.url) as probe:
+    with healthz(gateway.url) as probe:
         time.sleep(0.1)
         t0 = time.monotonic()
         r = httpx.post(f"{gateway.base_url}/chat/completions", content=body, timeout=120)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import yaml
 from gateway_harness import ROOT, ServedGateway, free_port, wait_until
+from probes import Timed, healthz
 
 MOCK = os.path.join(ROOT, "bench", "mock_upstream.py")
 
@@ -60,32 +61,21 @@ def served(tmp_path_factory):
             proc.wait(10)
 
 
-class _Timed:
-    """Polls a request from a thread while something else is in flight; keeps the slowest answer."""
+def _three_at_once(post) -> list[int]:
+    """Three big requests at once (``post(client) -> response``), after the pollers started: their statuses."""
+    results = []
 
-    def __init__(self, send):
-        self.send, self.slowest, self.polls, self.failures = send, 0.0, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def big():
+        with httpx.Client(timeout=120) as c:
+            results.append(post(c).status_code)
 
-    def _run(self):
-        with httpx.Client(timeout=60) as c:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                status = self.send(c)
-                self.slowest = max(self.slowest, time.monotonic() - t0)
-                self.polls += 1
-                if status != 200:
-                    self.failures.append(status)
-                time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=60)
+    time.sleep(0.1)
+    threads = [threading.Thread(target=big) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    return results
 
 
 SMALL = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
@@ -105,20 +95,9 @@ def test_huge_bodies_of_tiny_messages_do_not_hold_healthz_or_a_small_request(ser
         alone_s = time.monotonic() - t0
     assert alone.status_code == 200 and alone.text.rstrip().endswith("data: [DONE]"), alone.text[:300]
 
-    results = []
-
-    def big():
-        with httpx.Client(timeout=120) as c:
-            results.append(c.post(f"{served.base_url}/chat/completions", content=body).status_code)
-
-    with _Timed(lambda c: c.get(f"{served.url}/healthz").status_code) as health, \
-            _Timed(lambda c: c.post(f"{served.base_url}/chat/completions", json=SMALL).status_code) as small:
-        time.sleep(0.1)
-        threads = [threading.Thread(target=big) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=180)
+    with healthz(served.url) as health, \
+            Timed(lambda c: c.post(f"{served.base_url}/chat/completions", json=SMALL).status_code) as small:
+        results = _three_at_once(lambda c: c.post(f"{served.base_url}/chat/completions", content=body))
     assert results == [200, 200, 200]
     assert health.polls >= 5 and small.polls >= 5 and not health.failures and not small.failures
     print(f"one 31 MB body alone {alone_s:.2f} s (orjson alone {parse_s * 1000:.0f} ms); three at once: slowest "
@@ -139,19 +118,8 @@ def test_huge_answers_do_not_hold_healthz(served):
     t0 = time.perf_counter()
     orjson.loads(alone.content)
     parse_s = time.perf_counter() - t0
-    results = []
-
-    def big():
-        with httpx.Client(timeout=120) as c:
-            results.append(c.post(f"{served.base_url}/embeddings", json=ask).status_code)
-
-    with _Timed(lambda c: c.get(f"{served.url}/healthz").status_code) as health:
-        time.sleep(0.1)
-        threads = [threading.Thread(target=big) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=180)
+    with healthz(served.url) as health:
+        results = _three_at_once(lambda c: c.post(f"{served.base_url}/embeddings", json=ask))
     assert results == [200, 200, 200] and health.polls >= 5 and not health.failures
     print(f"{len(alone.content) / 1e6:.0f} MB answers (orjson alone {parse_s * 1000:.0f} ms): slowest /healthz "
           f"{health.slowest * 1000:.0f} ms over {health.polls} polls")
