@@ -62,8 +62,12 @@ class VolumeBuckets:
         if self.since is None:
             self.since = now
 
-    def span(self, now: float, seconds: float) -> float:
-        """The part of the last ``seconds`` that was watched (whole buckets, or from ``since``; at least 1 s)."""
+    def span(self, now: float, seconds: float, watched_only: bool = True) -> float:
+        """The part of the last ``seconds`` that was watched (whole buckets, or from ``since``; at least 1 s).
+
+        ``watched_only=False``: the whole window's span, watched or not."""
+        if not watched_only:
+            return max(now - first_bucket(now, seconds) * BUCKET_S, 1.0)
         start = self._first(now, seconds) * BUCKET_S
         if self.since is not None:
             start = max(start, self.since)
@@ -118,11 +122,8 @@ class VolumeBuckets:
             p += row[1]
             c += row[2]
         # the current bucket is partly elapsed: measure the window by what has elapsed
-        if watched_only:
-            span = self.span(now, seconds)
-        else:
-            span = max(now - first_bucket(now, seconds) * BUCKET_S, 1.0)
-        return VolumeWindow(seconds=span, requests=r, prompt_tokens=p, completion_tokens=c)
+        return VolumeWindow(seconds=self.span(now, seconds, watched_only), requests=r, prompt_tokens=p,
+                            completion_tokens=c)
 
 
 def load_moments(loads: dict[int, float], now: float, seconds: float) -> tuple[LoadMoments, ...]:
