@@ -6,7 +6,10 @@ botocore's full ``sagemaker`` model (400 kB gzipped, ~26 MB once loaded) describ
 UpdateEndpointWeightsAndCapacities and, for inference components, DescribeInferenceComponent and
 UpdateInferenceComponentRuntimeConfig. boto3 loads a model from the first folder on
 its data path that has one, so the cut-down copy in ``gateway/aws_models`` is the
-same model, restricted. Rerun after upgrading botocore:
+same model, restricted. The same goes for ``endpoints.json``, which botocore loads for every
+client it creates (~7 MB per process once parsed, for ~300 services): the copy keeps every
+partition and region but only the services these clients and the credential chain call. Rerun
+after upgrading botocore:
 
     python scripts/trim_aws_model.py
 """
@@ -19,6 +22,9 @@ import botocore.loaders
 
 OPERATIONS = ("DescribeEndpoint", "UpdateEndpointWeightsAndCapacities", "DescribeInferenceComponent",
               "UpdateInferenceComponentRuntimeConfig")
+# endpointPrefix keys: the two SageMaker APIs, and what the credential chain may create a client
+# for from the same session (assume-role: sts; SSO profiles: sso, portal.sso, oidc)
+ENDPOINT_SERVICES = ("api.sagemaker", "runtime.sagemaker", "sts", "sso", "portal.sso", "oidc")
 OUT = os.path.join(os.path.dirname(__file__), "..", "gateway", "aws_models")
 
 
@@ -47,8 +53,19 @@ def without_docs(value):
     return value
 
 
+def write_endpoints(loader) -> None:
+    endpoints = loader.load_data("endpoints")
+    for partition in endpoints["partitions"]:
+        partition["services"] = {k: v for k, v in partition["services"].items() if k in ENDPOINT_SERVICES}
+    with open(os.path.join(OUT, "endpoints.json"), "w") as f:
+        json.dump(endpoints, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{OUT}/endpoints.json: {len(endpoints['partitions'])} partitions, services {', '.join(ENDPOINT_SERVICES)}")
+
+
 def main() -> None:
     loader = botocore.loaders.Loader()
+    write_endpoints(loader)
     version = loader.determine_latest_version("sagemaker", "service-2")
     model = loader.load_service_model("sagemaker", "service-2", version)
     ops = {name: model["operations"][name] for name in OPERATIONS}

@@ -1,7 +1,7 @@
 """The demo's SageMaker control plane: the project's control-plane stand-in, deployed at start.
 
 ``SageMakerControlStandIn`` (AWS JSON 1.1, SigV4-checked, shapes checked against botocore's
-model) with the config's endpoint already created, so the gateway's real boto3 poller and
+model) with the config's endpoint already created, so the gateway's real botocore poller and
 actuator run against it. With ``component`` (the default config's ``inference_component_name``)
 the endpoint has managed instance scaling and the model runs as that inference component:
 the gateway scales its copies, down to 0, and instances follow. New copies serve after the

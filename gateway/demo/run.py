@@ -62,7 +62,7 @@ class DemoError(RuntimeError):
 def _demo_aws_environment(control_url: str, region: str):
     """AWS settings of this process pointed at the stand-ins only; the user's come back after.
 
-    The gateway's real boto3 poller and actuator and its SigV4 signer read the standard
+    The gateway's real botocore poller and actuator and its SigV4 signer read the standard
     chain: fixed demo credentials, the control plane URL, and no shared files or instance
     metadata, so that nothing the demo does can reach AWS or use the user's credentials.
     """

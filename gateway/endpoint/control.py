@@ -1,7 +1,7 @@
 """Reads a SageMaker endpoint's state from the control plane and, when allowed, resizes it.
 
-Both talk to the ``sagemaker`` control-plane API with boto3, in a worker thread
-(boto3 blocks), from the once-a-second tick, never from the request path::
+Both talk to the ``sagemaker`` control-plane API with a botocore client, in a worker thread
+(it blocks), from the once-a-second tick, never from the request path::
 
     poller = EndpointPoller(cfg, app.endpoints[cfg.name])        # DescribeEndpoint every 15 s
     actuator = CapacityActuator(cfg, app.endpoints[cfg.name], dry_run=config.routing.dry_run)
@@ -17,7 +17,7 @@ with ``UpdateInferenceComponentRuntimeConfig`` (0 included: managed instance sca
 releases the instances); instance counts convert to copies by ``copies_per_instance``.
 
 The client follows the standard credential chain and honours
-``AWS_ENDPOINT_URL_SAGEMAKER`` (boto3 reads it itself). ``cfg.endpoint_url`` is the
+``AWS_ENDPOINT_URL_SAGEMAKER`` (botocore reads it itself). ``cfg.endpoint_url`` is the
 *runtime* URL and is deliberately not used here.
 """
 from __future__ import annotations
@@ -57,14 +57,17 @@ def warn_plain_scale_to_zero(cfg: SageMakerBackendConfig) -> bool:
     return True
 
 
-# botocore's SageMaker model cut down to the calls made here (scripts/trim_aws_model.py):
-# the full model costs ~26 MB per process once loaded, the cut one ~1 MB.
+# botocore's SageMaker model cut down to the calls made here, and its endpoints.json to the
+# services these clients use (scripts/trim_aws_model.py): the full model costs ~26 MB per
+# process once loaded and endpoints.json ~7 MB; the cut ones well under 1 MB together.
 AWS_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aws_models")
 
 
 def sagemaker_client(region: str) -> Any:
-    """A boto3 ``sagemaker`` client; boto3 is imported here because importing it costs ~0.3 s."""
-    import boto3
+    """A botocore ``sagemaker`` client, imported here because importing it costs ~0.3 s.
+
+    botocore's own client rather than boto3's wrapper of it: the calls and errors are the same,
+    and boto3's import holds another ~2 MB per process for resources nothing here uses."""
     import botocore.session
     from botocore.config import Config
 
@@ -73,7 +76,7 @@ def sagemaker_client(region: str) -> Any:
     # Bounded: a hung or unreachable control plane must not hold the worker thread (or an
     # actuation, or shutdown, which waits for the thread) for long: ~2 s per connection attempt.
     config = Config(connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
-    return boto3.session.Session(botocore_session=session).client("sagemaker", region_name=region, config=config)
+    return session.create_client("sagemaker", region_name=region, config=config)
 
 
 def _describe_error(e: Exception) -> str:

@@ -389,3 +389,36 @@ def test_cut_down_model_matches_botocores_for_the_calls_made():
     for name, shape in cut["shapes"].items():
         assert strip(full["shapes"][name]) == shape, f"{name} differs: rerun scripts/trim_aws_model.py"
     assert cut["metadata"] == strip(full["metadata"])
+
+
+def test_cut_down_endpoints_keep_every_partition_and_resolve_as_botocores(monkeypatch):
+    """gateway/aws_models/endpoints.json is botocore's with only the services these clients and the
+    credential chain use; a control client built on it resolves the same URL in every partition."""
+    import json
+    import os
+
+    import botocore.loaders
+    import botocore.session
+
+    from gateway.endpoint.control import AWS_MODELS_DIR, sagemaker_client
+
+    full = botocore.loaders.Loader().load_data("endpoints")
+    with open(os.path.join(AWS_MODELS_DIR, "endpoints.json")) as f:
+        cut = json.load(f)
+    assert [p["partition"] for p in cut["partitions"]] == [p["partition"] for p in full["partitions"]]
+    for whole, part in zip(full["partitions"], cut["partitions"]):
+        assert {k: v for k, v in part.items() if k != "services"} == {
+            k: v for k, v in whole.items() if k != "services"}, "rerun scripts/trim_aws_model.py"
+        assert "api.sagemaker" in part["services"] or "api.sagemaker" not in whole["services"]
+        for name, service in part["services"].items():
+            assert whole["services"][name] == service, f"{name} differs: rerun scripts/trim_aws_model.py"
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SAGEMAKER", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    reference = botocore.session.get_session()
+    for region in ("us-east-1", "eu-west-3", "ap-southeast-2", "cn-north-1", "us-gov-west-1"):
+        ours = sagemaker_client(region).meta.endpoint_url
+        theirs = reference.create_client("sagemaker", region_name=region).meta.endpoint_url
+        assert ours == theirs, region
