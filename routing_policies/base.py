@@ -63,11 +63,16 @@ class RequestContext:
     """Per-request input. ``candidates`` keeps the model's configured order."""
 
     model: str
-    prompt_tokens: int  # exact, or an upper bound when that already proves the context fit
+    prompt_tokens: int  # exact, or an upper bound (see prompt_tokens_is_bound)
     max_tokens: int | None
     candidates: tuple[BackendView, ...]
     now_s: float = 0.0
     expected_completion_tokens: float = 0.0  # recent mean for this model, tokens
+    # True when prompt_tokens is only an upper bound (a body's byte length): it proves a fit where
+    # it is below a window, and nothing where it is above. The caller counts whenever that would
+    # change the backend (an endpoint in service); an endpoint out of service is then reported
+    # as such, which is true whatever the count.
+    prompt_tokens_is_bound: bool = False
 
 
 @dataclass(frozen=True, slots=True)

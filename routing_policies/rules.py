@@ -42,7 +42,9 @@ def endpoint_verdict(ctx: RequestContext) -> tuple[BackendView | None, str]:
         if not view.healthy:
             reason = "endpoint_unhealthy"
         elif not fits_context(view, ctx.prompt_tokens, ctx.max_tokens):
-            reason = "context_too_long"
+            # a bound above the window proves nothing; only being out of service is known
+            reason = "endpoint_not_in_service" if ctx.prompt_tokens_is_bound and not in_service(view) \
+                else "context_too_long"
         elif not in_service(view):
             reason = "endpoint_not_in_service"
         elif not has_headroom(view):

@@ -67,11 +67,13 @@ class LiveRouting:
     def candidates(self, model: str, pinned: str | None) -> tuple[BackendView, ...]:
         return self._views[(model, pinned)]
 
-    def decide(self, model: str, pinned: str | None, prompt_tokens: int, max_tokens: int | None, now: float) -> Decision:
+    def decide(self, model: str, pinned: str | None, prompt_tokens: int, max_tokens: int | None, now: float,
+               prompt_tokens_is_bound: bool = False) -> Decision:
         views = self._views[(model, pinned)]
         if pinned is not None:
             return Decision(pinned, "pinned")
-        return self.policy.route(RequestContext(model, prompt_tokens, max_tokens, views, now))
+        return self.policy.route(RequestContext(model, prompt_tokens, max_tokens, views, now,
+                                                prompt_tokens_is_bound=prompt_tokens_is_bound))
 
 
 def backlog_from_buckets(loads: dict[int, float], now: float, drain_tps: float) -> float:

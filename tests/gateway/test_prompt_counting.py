@@ -60,3 +60,37 @@ def test_long_streamed_prompt_is_counted_beside_the_upstream_call(openai_standin
             headers = raw.headers
             assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "ok"
         assert headers["x-gateway-prompt-tokens"] == str(TokenCounter("o200k_base").chat({"messages": messages}))
+
+
+def test_long_prompt_at_zero_instances_goes_to_the_api_uncounted(openai_standin, sagemaker_standin):
+    """No endpoint in service: the count could not change the backend, so it is not made (it cost
+    3x the forwarding throughput of unique long prompts); the reason says what is known."""
+    messages = [{"role": "user", "content": LONG}]
+    exact = TokenCounter("o200k_base").chat({"messages": messages})
+    data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+    data["backends"]["sagemaker"].update(context_window=exact - 100, assumed_instances=0)
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        # counted, the prompt would be context_too_long: the label proves no count was made
+        assert (r.headers["x-gateway-backend"], r.headers["x-gateway-route-reason"]) == (
+            "openai", "endpoint_not_in_service")
+        assert gw.entries()[-1]["prompt_tokens"] == r.parse().usage.prompt_tokens  # priced by usage
+
+
+def test_count_stops_past_the_largest_window_not_the_smallest(openai_standin, sagemaker_standin):
+    """Two endpoints in service, 8k and (prompt - 100) tokens: a count stopped past the small one's
+    room would be taken for the prompt's length and send it to the large one, where it does not fit."""
+    messages = [{"role": "user", "content": LONG}]
+    exact = TokenCounter("o200k_base").chat({"messages": messages})
+    for big_window, backend in ((exact - 100, "openai"), (exact + 100, "sagemaker-big")):
+        data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+        data["backends"]["sagemaker"]["context_window"] = 1000
+        data["backends"]["sagemaker-big"] = {**data["backends"]["sagemaker"], "context_window": big_window}
+        data["models"]["gpt-4o-mini"]["backends"] = [
+            {"backend": "sagemaker", "model": "gpt-4o-mini"}, {"backend": "sagemaker-big", "model": "gpt-4o-mini"},
+            {"backend": "openai", "model": "gpt-4o-mini"}]
+        with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+            client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+            r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+            assert r.headers["x-gateway-backend"] == backend, big_window

@@ -338,10 +338,10 @@ def test_a_return_after_a_gap_is_not_held_back_by_the_gap():
 
 # -- per-request decision -------------------------------------------------------------------------
 
-def req(prompt=100, max_tokens=100, in_service=1, backlog=0.0, healthy=True, window=8192):
+def req(prompt=100, max_tokens=100, in_service=1, backlog=0.0, healthy=True, window=8192, bound=False):
     api = BackendView("openai", API, True, GPT4O)
     ep = BackendView("sagemaker", ENDPOINT, healthy, None, window, in_service, 300.0, backlog, queue_s=30.0)
-    return RequestContext("m", prompt, max_tokens, (api, ep), 0.0)
+    return RequestContext("m", prompt, max_tokens, (api, ep), 0.0, prompt_tokens_is_bound=bound)
 
 
 @pytest.mark.parametrize("ctx,backend,reason", [
