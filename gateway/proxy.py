@@ -201,13 +201,15 @@ class Proxy:
     def _windows(self, model, pinned) -> tuple[float, float]:
         """The smallest and largest context windows among the healthy candidates that could serve now.
 
-        Only there does the count change the backend. An endpoint out of service takes nothing
-        whatever the count, and the policy is told the byte length is a bound (it then reports
-        endpoint_not_in_service rather than guess context_too_long): counting unique long
-        prompts at 0 instances only to pick that label cost 3x the forwarding throughput.
+        Only there does the count change the backend, and a backend without a window takes any
+        length (counting past the largest window is work for nothing). An endpoint out of
+        service takes nothing whatever the count, and the policy is told the byte length is a
+        bound (it then reports endpoint_not_in_service rather than guess context_too_long):
+        counting unique long prompts at 0 instances only to pick that label cost 3x the
+        forwarding throughput.
         """
-        windows = [v.context_window or float("inf") for v in self.live.candidates(model.name, pinned)
-                   if v.healthy and in_service(v)]
+        windows = [v.context_window for v in self.live.candidates(model.name, pinned)
+                   if v.context_window and v.healthy and in_service(v)]
         return min(windows, default=float("inf")), max(windows, default=float("inf"))
 
     def _plan(self, model, pinned, decision_backend: str) -> list:
@@ -366,9 +368,9 @@ class Proxy:
             elif routing_tokens > room:
                 # the size cannot prove a fit: count, but only until the count passes the largest
                 # room left (beyond it the answer is "too long" for all), off the loop if large
-                limit = max(0, int(loosest - (max_tokens or 0))) if loosest != float("inf") else None
+                limit = max(0, int(loosest - (max_tokens or 0)))  # finite: room is
                 routing_tokens = await off_loop(len(raw), count, counter, req, limit)
-                if limit is None or routing_tokens <= limit:
+                if routing_tokens <= limit:
                     rec.prompt_tokens_counted = routing_tokens  # counted in full
             await self.keys.admit(rec, rec.grant, model, pinned, routing_tokens, max_tokens)
             if stream and rec.prompt_tokens_counted is None:
