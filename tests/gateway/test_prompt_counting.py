@@ -94,3 +94,17 @@ def test_count_stops_past_the_largest_window_not_the_smallest(openai_standin, sa
             client = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
             r = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
             assert r.headers["x-gateway-backend"] == backend, big_window
+
+
+def test_only_real_windows_of_backends_serving_now_bound_the_count(openai_standin, sagemaker_standin):
+    """The API here has no context window (it takes any length): it must not make the count run
+    to the end of a huge body; an endpoint out of service bounds nothing."""
+    data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
+    data["backends"]["sagemaker"]["context_window"] = 8192
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        model = gw.app.proxy.config.models["gpt-4o-mini"]
+        assert gw.app.proxy._windows(model, None) == (8192, 8192)
+    data["backends"]["sagemaker"]["assumed_instances"] = 0
+    with RunningGateway(build_config(data, openai=openai_standin)) as gw:
+        model = gw.app.proxy.config.models["gpt-4o-mini"]
+        assert gw.app.proxy._windows(model, None) == (float("inf"), float("inf"))
