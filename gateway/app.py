@@ -233,7 +233,7 @@ class GatewayApp:
         self.live.refresh(now)
         for poller in self.pollers.values():
             if poller.due(now):
-                self._in_background(poller.poll(now))  # boto3 in a thread, never on this tick's path
+                self._in_background(poller.poll(now))  # botocore in a thread, never on this tick's path
         if self.planner.due(now):
             try:
                 decisions = self.planner.plan(now)

@@ -4,7 +4,7 @@
 botocore's full ``sagemaker`` model (400 kB gzipped, ~26 MB once loaded) describes
 ~380 operations; the gateway calls DescribeEndpoint,
 UpdateEndpointWeightsAndCapacities and, for inference components, DescribeInferenceComponent and
-UpdateInferenceComponentRuntimeConfig. boto3 loads a model from the first folder on
+UpdateInferenceComponentRuntimeConfig. botocore loads a model from the first folder on
 its data path that has one, so the cut-down copy in ``gateway/aws_models`` is the
 same model, restricted. The same goes for ``endpoints.json``, which botocore loads for every
 client it creates (~7 MB per process once parsed, for ~300 services): the copy keeps every
