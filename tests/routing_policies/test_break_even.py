@@ -348,6 +348,10 @@ def req(prompt=100, max_tokens=100, in_service=1, backlog=0.0, healthy=True, win
     (req(), "sagemaker", "endpoint_in_service"),
     (req(prompt=8000, max_tokens=500), "openai", "context_too_long"),
     (req(prompt=8000, max_tokens=500, in_service=0), "openai", "context_too_long"),  # context first
+    # a byte length above the window proves nothing: at 0 instances only that is reported
+    (req(prompt=8000, max_tokens=500, in_service=0, bound=True), "openai", "endpoint_not_in_service"),
+    (req(prompt=8000, max_tokens=500, bound=True), "openai", "context_too_long"),  # the caller counted first
+    (req(prompt=7000, max_tokens=500, bound=True), "sagemaker", "endpoint_in_service"),  # a bound below proves it
     (req(in_service=0), "openai", "endpoint_not_in_service"),
     (req(backlog=9000.0), "openai", "endpoint_at_capacity"),  # 300 tok/s × 30 s held: full
     (req(backlog=8999.0), "sagemaker", "endpoint_in_service"),
