@@ -5,7 +5,8 @@ import gzip
 
 import pytest
 
-from gateway.replay.synth import rate_at, read_hourly, synthesize
+from gateway.replay import bundled
+from gateway.replay.synth import rate_at, read_hourly, synthesize, synthesize_from_arrivals
 from gateway.replay.trace import Trace, TraceError, read_trace, write_trace
 
 
@@ -101,3 +102,19 @@ def test_measured_peakedness_is_about_one_for_poisson_and_large_for_clumps():
     clumped = load_peakedness(synthesize(shape, pairs, scale=1.0, seed=2, burst_mean=8), spec)
     assert 0.8 < plain < 1.25
     assert clumped > 5
+
+
+def test_a_real_hour_fills_each_synthetic_hour_without_a_silence_at_its_end():
+    # the Azure code hour's arrivals span 3,436 s: laid as they are, every synthetic hour would end in
+    # 164 s of silence that the real traffic does not have. They are stretched to the hour (4.8 %)
+    source = read_trace(bundled.trace_path("azure-code"))
+    trace = synthesize_from_arrivals([len(source)] * 3, source, scale=1.0, seed=1)
+    assert len(trace) == 3 * len(source)
+    for h in range(3):
+        offsets = [t - h * 3600.0 for t in trace.arrival_s if h * 3600.0 <= t < (h + 1) * 3600.0]
+        assert len(offsets) == len(source)
+        assert 3600.0 - offsets[-1] < 2 * 3600.0 / len(source)  # about one mean gap, not minutes
+        stretch = [(o / (t - source.arrival_s[0])) for o, t in zip(offsets[1:], source.arrival_s[1:])
+                   if t - source.arrival_s[0] > 60.0]
+        # one clock factor for the whole hour: every clump and gap keeps its place and shape
+        assert min(stretch) == pytest.approx(max(stretch), rel=1e-6) and 1.0 < min(stretch) < 1.05
