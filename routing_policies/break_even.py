@@ -17,7 +17,10 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   ``waste`` USD/hour (its price minus the API spend it still saves); releasing it and
   needing it again costs a *restart*: ``startup_s`` of billing, the up account it must
   build again, and the API spend, at the hour's volume, while the forecast notices the
-  return and the instance starts. The policy keeps an account per smaller count: what the
+  return and the instance starts. That spend is priced over the levels the hour's minutes
+  ran at (``level_spread``), not at their mean: a third instance that only the hour's busy
+  quarter needs is worth its overflow there, which the hour's average hides. The policy
+  keeps an account per smaller count: what the
   extra instances cost beyond what they saved, tick by tick (time it is needed pays the
   account down, never below zero), and releases them once it reaches ``restart_weight`` ×
   the restart cost. An instance that will be needed again soon is kept through the gap;
@@ -53,8 +56,10 @@ from .capacity import (
     TrafficMix,
     break_even_requests_per_hour,
     costs_by_instances,
+    costs_over_levels,
     endpoint_ever_pays_off,
     endpoint_usd_per_capacity_token_at_full,
+    level_spread,
     measured_dispersion,
     poisson_dispersion,
 )
@@ -169,7 +174,9 @@ class BreakEven:
         # the level traffic comes back at after a gap: the recent busy rate, forgotten over an hour
         # (an hour's average of a busy half-hour and a gap is half what returns)
         level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
-        again = costs_by_instances(spec, mix, level * cap_per_req, dispersion)
+        # priced over the levels the hour's minutes ran at, not at their mean: overflow is convex in
+        # the load, and a marginal instance earns its keep in the hour's busiest minutes
+        again = costs_over_levels(spec, mix, level * cap_per_req, dispersion, level_spread(longest.moments))
         # busy since: the last tick the watched hour's rate was below break-even. After a quiet
         # hour (a night, a gap in collection) the hour before says nothing about the return; a
         # lull of minutes is no such thing, and must not lift the cap on peaks of minutes

@@ -119,6 +119,24 @@ def measured_dispersion(moments) -> float | None:
     return max(usable, key=lambda m: m.bucket_s).dispersion if usable else None
 
 
+def level_spread(moments) -> float:
+    """How far the load's level moves within the window: the relative spread of its slow part (0 without data).
+
+    The plain variance of the per-bucket load holds both the bucket-to-bucket noise (the Allan
+    variance, see ``LoadMoments.dispersion``) and the level's own wander over the window (a
+    busy quarter-hour in an otherwise calmer hour); their difference is the latter. Returned as
+    its standard deviation ÷ the mean load, from the largest bucket size with enough buckets.
+    Poisson traffic at a steady rate gives about 0.
+    """
+    usable = [m for m in moments if m.count >= 6 and m.total > 0]
+    if not usable:
+        return 0.0
+    m = max(usable, key=lambda m: m.bucket_s)
+    mean = m.total / m.count
+    wander = m.squares / m.count - mean * mean - m.step_squares / (2.0 * (m.count - 1))
+    return math.sqrt(wander) / mean if wander > 0 else 0.0
+
+
 def expected_overflow_per_hour(volume_per_hour: float, capacity_per_hour: float, backlog_limit: float,
                                dispersion: float) -> float:
     """Expected capacity tokens/hour that find the endpoint's backlog full.
@@ -171,3 +189,17 @@ def cheapest_instances(spec: EndpointSpec, mix: TrafficMix, volume_per_hour: flo
                                poisson_dispersion(mix) if dispersion is None else dispersion)
     best = min(range(len(costs)), key=lambda i: (costs[i], i))
     return spec.min_instances + best, costs
+
+
+def costs_over_levels(spec: EndpointSpec, mix: TrafficMix, volume_per_hour: float, dispersion: float,
+                      spread: float) -> tuple[float, ...]:
+    """``costs_by_instances`` averaged over a level that sits ``spread`` (relative) above and below the volume.
+
+    Half the time at volume × (1 + spread), half at volume × (1 − spread): the same mean, and
+    the overflow of the busier half, which an average volume hides (overflow is convex in the load).
+    """
+    if spread <= 0:
+        return costs_by_instances(spec, mix, volume_per_hour, dispersion)
+    high = costs_by_instances(spec, mix, volume_per_hour * (1.0 + spread), dispersion)
+    low = costs_by_instances(spec, mix, volume_per_hour * max(0.0, 1.0 - spread), dispersion)
+    return tuple((a + b) / 2.0 for a, b in zip(high, low))

@@ -12,8 +12,9 @@ from routing_policies import (
     VolumeWindow, build_policy, policy_names,
 )
 from routing_policies.capacity import (
-    TrafficMix, break_even_requests_per_hour, cheapest_instances, endpoint_ever_pays_off,
-    expected_overflow_per_hour, instance_capacity_per_hour, measured_dispersion,
+    TrafficMix, break_even_requests_per_hour, cheapest_instances, costs_by_instances, costs_over_levels,
+    endpoint_ever_pays_off, expected_overflow_per_hour, instance_capacity_per_hour, level_spread,
+    measured_dispersion,
 )
 
 SPEC = EndpointSpec(hourly_price_usd=1.408, max_tokens_per_second=300.0, prompt_token_weight=0.02,
@@ -155,6 +156,54 @@ def test_no_traffic_is_min_instances():
 def test_below_break_even_stays_at_zero():
     decisions = steady(build_policy("break_even"), 50, 3600)  # break-even ~280 req/h
     assert {d.instances for d in decisions} == {0}
+
+
+def test_level_spread_is_the_wander_of_the_level_not_the_noise():
+    # 60 one-minute buckets: noise alone (plain variance = Allan variance) is no wander
+    noise = LoadMoments(60.0, 60, 60 * 100.0, 60 * (100.0 ** 2 + 400.0), 2 * 59 * 400.0)
+    assert level_spread((noise,)) == 0.0
+    # a busy quarter-hour at twice the rest's load, without noise: sd 43.3 around a mean of 125
+    quarter = [200.0] * 15 + [100.0] * 45
+    busy = LoadMoments(60.0, 60, sum(quarter), sum(x * x for x in quarter),
+                       sum((b - a) ** 2 for a, b in zip(quarter, quarter[1:])))
+    assert level_spread((busy,)) == pytest.approx(math.sqrt(0.25 * 0.75) * 100.0 / 125.0, rel=0.03)
+    assert level_spread(()) == 0.0 and level_spread((LoadMoments(60.0, 3, 300.0, 1e6, 0.0),)) == 0.0
+
+
+def test_costs_over_levels_price_the_busy_half():
+    m = mix(GPT4O, rph=8_000.0)
+    volume = 8_000.0 * m.capacity_tokens_per_request  # below two instances' 2.16M tokens/hour
+    flat = costs_by_instances(SPEC, m, volume, 700.0)
+    assert costs_over_levels(SPEC, m, volume, 700.0, 0.0) == flat
+    spread = costs_over_levels(SPEC, m, volume, 700.0, 0.35)
+    # overflow is convex in the load: the busy half's overflow is more than the calm half's saves
+    assert all(s >= f - 1e-12 for s, f in zip(spread, flat))
+    assert spread[2] - spread[3] > 3 * (flat[2] - flat[3])
+
+
+def test_a_marginal_instance_is_priced_at_the_levels_the_hour_ran_at():
+    # three instances; the hour averaged 8,000 req/h, which two could carry on average. Then a lull.
+    # In an hour whose level wandered (a busy quarter above what two can carry) the third instance's
+    # restart costs more than at a steady 8,000 req/h, so it is kept longer through the same lull.
+    rph, cap_req = 8_000.0, CONV[1] + SPEC.prompt_token_weight * CONV[0]
+    mean = rph / 60.0 * cap_req  # capacity tokens per one-minute bucket
+    allan = 700.0 * mean
+
+    def release_after(wander_sd: float) -> int:
+        moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + wander_sd ** 2 + allan), 2 * 59 * allan),)
+        hour = VolumeWindow(3600.0, rph, rph * CONV[0], rph * CONV[1], moments)
+        wins = windows(1e-6)[:2] + (hour,)
+        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph}
+        for step in range(5, 3 * 3600, 5):
+            d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, wins, 3, 3, 0.0, memo))
+            memo = dict(d.memo)
+            if d.instances < 3:
+                return step
+        return 3 * 3600
+
+    steady, wandering = release_after(0.0), release_after(0.35 * mean)
+    assert steady < 3600
+    assert wandering >= 1.5 * steady
 
 
 def test_scale_up_waits_until_the_missed_saving_covers_a_start_up():
