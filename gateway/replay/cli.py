@@ -134,7 +134,8 @@ def add_make_trace_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
                              "token pairs from (default: the --arrivals-from trace's own tokens)")
     parser.add_argument("--arrivals-from", metavar="TRACE",
                         help=f"fill each hour with this real one-hour trace's (a file, or {names}) own arrival "
-                             "times (thinned or replicated to the hour's count) instead of drawing Poisson arrivals")
+                             "times (its recorded span stretched to the hour, thinned or replicated to the hour's "
+                             "count) instead of drawing Poisson arrivals")
     parser.add_argument("--rotate", action="store_true",
                         help="with --arrivals-from: shift each hour's arrival pattern by a random offset")
     parser.add_argument("--start-hour", type=int, default=0, help="first hour of the shape to use (default 0)")
