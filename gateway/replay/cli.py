@@ -33,7 +33,7 @@ from ..routing.inputs import token_prices
 from . import bundled
 from .optimum import floor_with, hindsight_optimum
 from .report import TextProgress, render_json, render_text, summarize
-from .simulator import default_horizon, setup_from_config, simulate
+from .simulator import ReplaySetup, default_horizon, setup_from_config, simulate
 from .synth import read_hourly, synthesize, synthesize_from_arrivals
 from .trace import TraceError, read_trace, write_trace
 
@@ -91,6 +91,15 @@ def parse_api_prices(text: str) -> TokenPrices:
     return token_prices(PriceSpec(*values, source="--api-prices"))
 
 
+def initial_instances(n: int, setup: ReplaySetup) -> int:
+    """``--initial-instances``, checked against the endpoint's bounds."""
+    spec = setup.endpoint
+    lo, hi = spec.min_instances, max(spec.min_instances, spec.max_instances)
+    if not lo <= n <= hi:
+        raise ValueError(f"--initial-instances: expected a count within the endpoint's bounds {lo}-{hi}, got {n}")
+    return n
+
+
 def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--trace", default=bundled.DEFAULT_TRACE, metavar="FILE|NAME",
                         help="CSV (or .csv.gz) with arrival_s,prompt_tokens,completion_tokens, or the name of a "
@@ -114,6 +123,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="try these values of a policy parameter (repeatable: a grid) and name the best")
     parser.add_argument("--optimum-interval", type=float, default=60.0, metavar="SECONDS",
                         help="interval of the hindsight optimum's instance schedule (default 60)")
+    parser.add_argument("--initial-instances", type=int, metavar="N",
+                        help="endpoint instances in service when the trace starts, for every policy and the "
+                             "optimum (default: the endpoint's min_instances). Give what a running service holds "
+                             "to replay a window of it without the cold start every replay otherwise begins with")
     parser.add_argument("--window-traffic", choices=("fitting", "all"), default="fitting",
                         help="capacity windows count requests that fit the endpoint's context (default) or all")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -170,6 +183,8 @@ def replay_main(argv: list[str]) -> int:
         setup = setup_from_config(cfg, args.model, window_traffic=args.window_traffic)
         if args.api_prices is not None:
             setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices))
+        if args.initial_instances is not None:
+            setup = dataclasses.replace(setup, initial_instances=initial_instances(args.initial_instances, setup))
         trace = read_trace(bundled.trace_path(args.trace))
     except (ConfigError, TraceError, ValueError) as e:
         print(f"gateway replay: {e}", file=sys.stderr)

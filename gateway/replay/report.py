@@ -153,7 +153,7 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
         "model": setup.model,
         "api": {"backend": setup.api_name, "usd_per_1m_input": round(setup.api_prices.input * 1e6, 6),
                 "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6)},
-        "endpoint": {"backend": setup.endpoint_name, **asdict(spec)},
+        "endpoint": {"backend": setup.endpoint_name, **asdict(spec), "initial_instances": setup.start_instances},
         "capacity_interval_s": setup.capacity_interval_s,
         "window_traffic": setup.window_traffic,
         "economics": economics(trace, setup),
@@ -251,7 +251,9 @@ def render_text(summary: dict) -> str:
         f"model {summary['model']}: API {api['backend']} ${api['usd_per_1m_input']}/${api['usd_per_1m_output']} per 1M "
         f"in/out; endpoint {ep['backend']} ${ep['hourly_price_usd']}/h per instance, "
         f"{ep['max_tokens_per_second']:g} capacity tok/s, {ep['min_instances']}-{ep['max_instances']} instances, "
-        f"start-up {ep['startup_s']:g} s",
+        f"start-up {ep['startup_s']:g} s"
+        + (f" ({ep['startup_from_zero_s']:g} s from none)" if ep.get("startup_from_zero_s") is not None else "")
+        + f"; {ep['initial_instances']} in service at the start",
         f"break-even: {'never (the endpoint never pays off)' if be is None else f'{be:,.0f} req/h'}; "
         f"API ${eco['api_usd_per_1m_capacity_tokens']}/1M capacity tokens vs endpoint "
         f"${eco['endpoint_usd_per_1m_capacity_tokens_at_full']}/1M at full use",

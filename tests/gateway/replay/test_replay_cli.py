@@ -259,3 +259,24 @@ def test_make_trace_from_the_bundled_shape_and_arrivals(tmp_path, capsys):
     assert 0.8 * 2400 <= len(trace) <= 1.2 * 2400
     assert trace.span_s <= 3 * 3600
     assert "requests over 3 h" in capsys.readouterr().out
+
+
+def test_initial_instances_replay_a_running_endpoint_for_every_policy(files, capsys):
+    cold = replay_json(files, capsys)
+    warm = replay_json(files, capsys, "--initial-instances", "1")
+    assert cold["endpoint"]["initial_instances"] == 0 and warm["endpoint"]["initial_instances"] == 1
+    cold_by, warm_by = ({r["policy"]: r for r in d["results"]} for d in (cold, warm))
+    # fixed_1 starts nothing when its instance already runs, and does not wait its start-up
+    assert cold_by["fixed_1"]["instances_started"] == 1 and warm_by["fixed_1"]["instances_started"] == 0
+    assert warm_by["fixed_1"]["api_requests"] < cold_by["fixed_1"]["api_requests"]
+    # the optimum starts from the same state and stays a lower bound
+    assert warm["optimum"]["spend_usd"] <= min(r["spend_usd"] for r in warm["results"])
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--no-progress"]) == 0
+    assert "0 in service at the start" in capsys.readouterr().out
+
+
+def test_initial_instances_outside_the_bounds_exit_2(files, capsys):
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--initial-instances", "2", "--no-progress"]) == 2
+    assert "--initial-instances" in capsys.readouterr().err
