@@ -195,8 +195,9 @@ def costs_over_levels(spec: EndpointSpec, mix: TrafficMix, volume_per_hour: floa
                       spread: float) -> tuple[float, ...]:
     """``costs_by_instances`` averaged over a level that sits ``spread`` (relative) above and below the volume.
 
-    Half the time at volume × (1 + spread), half at volume × (1 − spread): the same mean, and
-    the overflow of the busier half, which an average volume hides (overflow is convex in the load).
+    Half the time at volume × (1 + spread), half at volume × (1 − spread) (not below 0): the same
+    mean up to a spread of 1, and the overflow of the busier half, which an average volume hides
+    (overflow is convex in the load).
     """
     if spread <= 0:
         return costs_by_instances(spec, mix, volume_per_hour, dispersion)
