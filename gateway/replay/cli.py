@@ -182,7 +182,8 @@ def replay_main(argv: list[str]) -> int:
         cfg = load_config(config)
         setup = setup_from_config(cfg, args.model, window_traffic=args.window_traffic)
         if args.api_prices is not None:
-            setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices))
+            setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices),
+                                        api_prices_from="--api-prices")
         if args.initial_instances is not None:
             setup = dataclasses.replace(setup, initial_instances=initial_instances(args.initial_instances, setup))
         trace = read_trace(bundled.trace_path(args.trace))

@@ -152,7 +152,7 @@ def summarize(trace: Trace, setup: ReplaySetup, results: list[ReplayResult], opt
         "config": config,
         "model": setup.model,
         "api": {"backend": setup.api_name, "usd_per_1m_input": round(setup.api_prices.input * 1e6, 6),
-                "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6)},
+                "usd_per_1m_output": round(setup.api_prices.output * 1e6, 6), "prices_from": setup.api_prices_from},
         "endpoint": {"backend": setup.endpoint_name, **asdict(spec), "initial_instances": setup.start_instances},
         "capacity_interval_s": setup.capacity_interval_s,
         "window_traffic": setup.window_traffic,
@@ -249,7 +249,7 @@ def render_text(summary: dict) -> str:
         f"trace {t['path']}: {t['requests']:,} requests over {t['hours']:.1f} h "
         f"(mean {t['mean_requests_per_hour']:,.0f} req/h, busiest hour {t['peak_requests_per_hour']:,})",
         f"model {summary['model']}: API {api['backend']} ${api['usd_per_1m_input']}/${api['usd_per_1m_output']} per 1M "
-        f"in/out; endpoint {ep['backend']} ${ep['hourly_price_usd']}/h per instance, "
+        f"in/out{' (--api-prices)' if api.get('prices_from') == '--api-prices' else ''}; endpoint {ep['backend']} ${ep['hourly_price_usd']}/h per instance, "
         f"{ep['max_tokens_per_second']:g} capacity tok/s, {ep['min_instances']}-{ep['max_instances']} instances, "
         f"start-up {ep['startup_s']:g} s"
         + (f" ({ep['startup_from_zero_s']:g} s from none)" if ep.get("startup_from_zero_s") is not None else "")

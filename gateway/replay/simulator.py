@@ -77,6 +77,7 @@ class ReplaySetup:
     windows_s: tuple[float, ...] = (60.0, 300.0, 3600.0)
     initial_instances: int | None = None  # None: endpoint.min_instances, in service at t=0
     window_traffic: str = "fitting"  # or "all": what the capacity windows count (see module docstring)
+    api_prices_from: str = "config"  # or "--api-prices": where api_prices came from, for the report
 
     @property
     def start_instances(self) -> int:

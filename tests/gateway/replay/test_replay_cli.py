@@ -186,9 +186,15 @@ def test_api_prices_override_the_configs(files, capsys):
     doc = replay_json(files, capsys, "--policy", "always_api", "--api-prices", "2000,4000")
     assert doc["results"][0]["api_spend_usd"] == pytest.approx(136 * 0.002 + 205 * 0.004)  # 1.092
     assert (doc["api"]["usd_per_1m_input"], doc["api"]["usd_per_1m_output"]) == (2000, 4000)
+    assert doc["api"]["prices_from"] == "--api-prices"
+    # the text names the flag beside the prices, so that the config's model name does not claim them
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--policy", "always_api", "--api-prices", "2000,4000", "--no-progress"]) == 0
+    assert "per 1M in/out (--api-prices)" in capsys.readouterr().out
     doc = replay_json(files, capsys, "--policy", "always_api", "--api-prices", " 1.5, 0 ,0.5")
     assert doc["results"][0]["api_spend_usd"] == pytest.approx(136 * 1.5e-6)
-    assert replay_json(files, capsys, "--policy", "always_api")["results"][0]["api_spend_usd"] == pytest.approx(0.546)
+    doc = replay_json(files, capsys, "--policy", "always_api")
+    assert doc["results"][0]["api_spend_usd"] == pytest.approx(0.546) and doc["api"]["prices_from"] == "config"
 
 
 @pytest.mark.parametrize("bad", ["2.5", "2.5,10,1,1", "a,b", "-1,10", "nan,10", "2.5,inf", "2.5,,1", ""])
