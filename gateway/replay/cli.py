@@ -31,9 +31,10 @@ from routing_policies import TokenPrices, build_policy, policy_names
 from ..config import PriceSpec
 from ..routing.inputs import token_prices
 from . import bundled
-from .optimum import floor_with, hindsight_optimum
+from .optimum import floor_with
 from .report import TextProgress, render_json, render_text, summarize
-from .simulator import ReplaySetup, default_horizon, setup_from_config, simulate
+from .runs import run_all
+from .simulator import ReplaySetup, default_horizon, setup_from_config
 from .synth import read_hourly, synthesize, synthesize_from_arrivals
 from .trace import TraceError, read_trace, write_trace
 
@@ -127,6 +128,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="endpoint instances in service when the trace starts, for every policy and the "
                              "optimum (default: the endpoint's min_instances). Give what a running service holds "
                              "to replay a window of it without the cold start every replay otherwise begins with")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="worker processes for the simulations of a large trace (default: the CPUs this "
+                             "process may use; 1: one after another, with a progress bar per policy)")
     parser.add_argument("--window-traffic", choices=("fitting", "all"), default="fitting",
                         help="capacity windows count requests that fit the endpoint's context (default) or all")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -184,6 +188,8 @@ def replay_main(argv: list[str]) -> int:
         if args.api_prices is not None:
             setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices),
                                         api_prices_from="--api-prices")
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs: expected 1 or more worker processes, got {args.jobs}")
         if args.initial_instances is not None:
             setup = dataclasses.replace(setup, initial_instances=initial_instances(args.initial_instances, setup))
         trace = read_trace(bundled.trace_path(args.trace))
@@ -214,23 +220,17 @@ def replay_main(argv: list[str]) -> int:
             runs.append((name, _params_for(name, cfg, overrides)))
 
     horizon = default_horizon(trace, args.optimum_interval)
-    started = time.perf_counter()
-    results = []
     for name, params in runs:
         try:
-            policy = build_policy(name, params)
+            build_policy(name, params)
         except (TypeError, ValueError) as e:
             print(f"gateway replay: policy {name} with {params}: {e}", file=sys.stderr)
             return 2
-        bar = TextProgress(f"{name:>17}", sys.stderr) if show else None
-        result = simulate(trace, policy, setup, horizon_s=horizon, params=params,
-                          progress=bar.update if bar else None)
-        if name == "fixed":
-            result.policy, result.params = f"fixed_{policy.instances}", {}
-        results.append(result)
-        if bar:
-            bar.close()
-    optimum = floor_with(hindsight_optimum(trace, setup, args.optimum_interval, horizon), results)
+    started = time.perf_counter()
+    bar = (lambda name: TextProgress(f"{name:>17}", sys.stderr)) if show else None
+    results, dp = run_all(trace, setup, runs, horizon_s=horizon, optimum_interval_s=args.optimum_interval,
+                          jobs=args.jobs, bar=bar)
+    optimum = floor_with(dp, results)
     summary = summarize(trace, setup, results, optimum, sweep=bool(sweep),
                         elapsed_s=time.perf_counter() - started, config=config)
     print(render_json(summary) if args.json else render_text(summary))
