@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
@@ -55,8 +55,9 @@ def run_all(trace: Trace, setup: ReplaySetup, runs: list[tuple[str, dict]], *, h
     """Every run's result, in the order given, and the hindsight optimum (before ``floor_with``).
 
     Policies must build (``build_policy``): the caller checks that first, to name a bad one.
-    With ``jobs`` > 1 and a large trace the passes run in that many worker processes, and
-    ``bar`` (per-run progress) is not used: each result is the same either way.
+    With ``jobs`` > 1 and a large trace the passes run in that many worker processes and
+    ``bar`` gets one label for all of them, counting finished passes: each result is the same
+    either way.
     """
     jobs = default_jobs() if jobs is None else max(1, jobs)
     if jobs > 1 and len(trace) >= parallel_min_requests:
@@ -66,6 +67,11 @@ def run_all(trace: Trace, setup: ReplaySetup, runs: list[tuple[str, dict]], *, h
                 # the optimum is the longest single pass: submitted first so that it does not finish last
                 optimum = pool.submit(hindsight_optimum, trace, setup, optimum_interval_s, horizon_s)
                 futures = [pool.submit(_simulate, trace, setup, name, params, horizon_s) for name, params in runs]
+                if bar is not None:  # one line for all the passes: a bar per worker would interleave
+                    progress = bar(f"{len(futures) + 1} passes")
+                    for done, _ in enumerate(as_completed([optimum, *futures]), 1):
+                        progress.update(done, len(futures) + 1)
+                    progress.close()
                 return [f.result() for f in futures], optimum.result()
         except BrokenProcessPool:
             # a worker could not start (a spawned process re-imports __main__, which a program read
