@@ -106,8 +106,12 @@ class LoadMoments:
         """
         if self.count < 2 or self.total <= 0:
             return None
-        mean = self.total / self.count
-        return self.step_squares / (2.0 * (self.count - 1)) / mean
+        return self.allan_variance / (self.total / self.count)
+
+    @property
+    def allan_variance(self) -> float:
+        """Σ steps² ÷ 2(count − 1): the bucket-to-bucket part of the load's variance (0 under 2 buckets)."""
+        return self.step_squares / (2.0 * (self.count - 1)) if self.count >= 2 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

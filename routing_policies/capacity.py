@@ -115,8 +115,14 @@ def measured_dispersion(moments) -> float | None:
     of seconds is the load's variance over such spans, which for bursty traffic (clumps,
     gaps of minutes) is far above what its 10-s buckets, or Poisson arrivals, show.
     """
-    usable = [m for m in moments if m.count >= 6 and m.dispersion is not None]
-    return max(usable, key=lambda m: m.bucket_s).dispersion if usable else None
+    m = _longest_buckets(moments)
+    return m.dispersion if m is not None else None
+
+
+def _longest_buckets(moments):
+    """The ``LoadMoments`` of the largest bucket size with enough buckets (6) and load; None if none."""
+    usable = [m for m in moments if m.count >= 6 and m.total > 0]
+    return max(usable, key=lambda m: m.bucket_s) if usable else None
 
 
 def level_spread(moments) -> float:
@@ -128,12 +134,11 @@ def level_spread(moments) -> float:
     its standard deviation ÷ the mean load, from the largest bucket size with enough buckets.
     Poisson traffic at a steady rate gives about 0.
     """
-    usable = [m for m in moments if m.count >= 6 and m.total > 0]
-    if not usable:
+    m = _longest_buckets(moments)
+    if m is None:
         return 0.0
-    m = max(usable, key=lambda m: m.bucket_s)
     mean = m.total / m.count
-    wander = m.squares / m.count - mean * mean - m.step_squares / (2.0 * (m.count - 1))
+    wander = m.squares / m.count - mean * mean - m.allan_variance
     return math.sqrt(wander) / mean if wander > 0 else 0.0
 
 
