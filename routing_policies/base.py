@@ -151,6 +151,11 @@ class EndpointSpec:
     queue_s: float = 30.0  # seconds of full throughput the endpoint may hold as backlog (see admission)
     startup_from_zero_s: float | None = None  # the delay when none runs (None: startup_s), billed
 
+    @property
+    def instance_bounds(self) -> tuple[int, int]:
+        """The lowest and highest instance count (a max_instances below min_instances is min_instances)."""
+        return self.min_instances, max(self.min_instances, self.max_instances)
+
     def startup_for(self, running: int) -> float:
         """Seconds until added instances serve, when ``running`` instances already do."""
         if running <= 0 and self.startup_from_zero_s is not None:

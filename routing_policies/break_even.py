@@ -123,7 +123,7 @@ class BreakEven:
     # -- periodic capacity ------------------------------------------------------------------
     def plan_capacity(self, ctx: CapacityContext) -> CapacityDecision:
         spec = ctx.endpoint
-        lo, hi = spec.min_instances, max(spec.min_instances, spec.max_instances)
+        lo, hi = spec.instance_bounds
         current = min(max(ctx.current_target, lo), hi)
         dwelt = ctx.now_s - ctx.last_change_s >= self.min_dwell_s
         windows = ctx.windows

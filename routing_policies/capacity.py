@@ -179,7 +179,7 @@ def expected_cost_per_hour(n: int, spec: EndpointSpec, mix: TrafficMix, volume_p
 def costs_by_instances(spec: EndpointSpec, mix: TrafficMix, volume_per_hour: float,
                        dispersion: float) -> tuple[float, ...]:
     """Expected USD/hour for every count from min_instances to max_instances."""
-    lo, hi = spec.min_instances, max(spec.min_instances, spec.max_instances)
+    lo, hi = spec.instance_bounds
     return tuple(expected_cost_per_hour(n, spec, mix, volume_per_hour, dispersion) for n in range(lo, hi + 1))
 
 

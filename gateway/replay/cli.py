@@ -95,7 +95,7 @@ def parse_api_prices(text: str) -> TokenPrices:
 def initial_instances(n: int, setup: ReplaySetup) -> int:
     """``--initial-instances``, checked against the endpoint's bounds."""
     spec = setup.endpoint
-    lo, hi = spec.min_instances, max(spec.min_instances, spec.max_instances)
+    lo, hi = spec.instance_bounds
     if not lo <= n <= hi:
         raise ValueError(f"--initial-instances: expected a count within the endpoint's bounds {lo}-{hi}, got {n}")
     return n
@@ -214,7 +214,7 @@ def replay_main(argv: list[str]) -> int:
             if name == "fixed" and "instances" not in overrides:
                 # every count an operator could pin: fixed_1 ... fixed_<max_instances>
                 spec = setup.endpoint
-                for k in range(max(1, spec.min_instances), max(spec.min_instances, spec.max_instances) + 1):
+                for k in range(max(1, spec.min_instances), spec.instance_bounds[1] + 1):
                     runs.append((name, {**_params_for(name, cfg, overrides), "instances": k}))
                 continue
             runs.append((name, _params_for(name, cfg, overrides)))

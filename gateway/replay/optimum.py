@@ -94,7 +94,7 @@ def refused_api_costs(trace: Trace, setup: ReplaySetup, interval_s: float, horiz
         caps.append(c + weight * p)
         costs.append(cost)
         slots.append(min(k_count - 1, int(t // interval_s)))
-    lo, hi = spec.min_instances, max(spec.min_instances, spec.max_instances)
+    lo, hi = spec.instance_bounds
     refused = {}
     for n in range(lo, hi + 1):
         refused[n] = _refused_with(n, times, caps, costs, slots, k_count, spec.max_tokens_per_second,

@@ -214,7 +214,7 @@ def simulate(trace: Trace, policy: RoutingPolicy, setup: ReplaySetup, *, horizon
     ctx_window, tps, weight, queue_s = spec.context_window, spec.max_tokens_per_second, spec.prompt_token_weight, spec.queue_s
     route, plan = policy.route, policy.plan_capacity
     interval = setup.capacity_interval_s
-    lo_inst, hi_inst = spec.min_instances, max(spec.min_instances, spec.max_instances)
+    lo_inst, hi_inst = spec.instance_bounds
 
     # endpoint state
     target = provisioned = serving = setup.start_instances
