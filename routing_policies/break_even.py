@@ -23,7 +23,9 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   keeps an account per smaller count: what the
   extra instances cost beyond what they saved, tick by tick (time it is needed pays the
   account down, never below zero), and releases them once it reaches ``restart_weight`` ×
-  the restart cost. An instance that will be needed again soon is kept through the gap;
+  the restart cost, unless the last minute says the current count is needed (the traffic
+  is back while the forecast window still reads the gap). An instance that will be needed
+  again soon is kept through the gap;
   traffic that stays below break-even on balance, however bursty, releases it.
 
 Worst case (``restart_weight`` 1, the deterministic break-even rule of ski rental): over
@@ -187,6 +189,11 @@ class BreakEven:
         beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
         here = costs[current - lo]
+        # the last minute, when it says the current count is needed: traffic is back (or a burst is on),
+        # and a gap's account must not release the instance at the moment it pays again
+        recent = min(windows, key=lambda w: w.seconds)
+        now_costs = (costs_by_instances(spec, mix, recent.per_hour(recent.requests) * cap_per_req, dispersion)
+                     if recent.seconds < fore.seconds and recent.requests > 0 else None)
         up = down = current
         for k in range(lo, hi + 1):
             if k == current:
@@ -205,7 +212,8 @@ class BreakEven:
                 lost_s = spec.startup_for(k) + fore.seconds / 2.0
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
-                if down == current and account > 0 and account >= self.restart_weight * risk:
+                needed = now_costs is not None and now_costs[current - lo] < now_costs[k - lo]
+                if down == current and account > 0 and account >= self.restart_weight * risk and not needed:
                     down = k  # the smallest qualifying count
         details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
         if up > current:

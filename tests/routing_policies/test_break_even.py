@@ -445,3 +445,17 @@ def test_an_hour_without_requests_is_ski_rental_too():
     assert min(short[7200 // 5:(7200 + 4200) // 5]) >= 1
     long = drive(build_policy("break_even"), busy + [0.0] * 6 * 3600, 7200 + 6 * 3600)
     assert long[-1] == 0
+
+
+def test_the_return_of_traffic_does_not_release_the_instance_kept_through_its_gap():
+    # two busy hours (3× the 1→2 threshold), two silent hours, the same traffic again. The gap's
+    # account grows towards the restart's price all the while; the return must pay it down, not
+    # tip it over: the forecast's 5-min window still reads the gap for minutes, but the last
+    # minute says the instance is needed. (Without that, it was released 5 s after the return
+    # and restarted minutes later: a cold start of API traffic at the busy rate.)
+    v = _threshold_2()
+    busy = [v * 3] * 7200
+    targets = drive(build_policy("break_even"), busy + [0.0] * 7200 + busy, 3 * 7200)
+    back = 2 * 7200 // 5
+    assert targets[back - 1] == 1  # kept through the gap (the return costs more than two idle hours)
+    assert min(targets[back:]) >= 1
