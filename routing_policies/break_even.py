@@ -190,10 +190,15 @@ class BreakEven:
         best_up = best if beyond is None else min(best, beyond)
         here = costs[current - lo]
         # the last minute, when it says the current count is needed: traffic is back (or a burst is on),
-        # and a gap's account must not release the instance at the moment it pays again
+        # and a gap's account must not release the instance at the moment it pays again. Priced as a
+        # Poisson load: an hour that was a gap until a minute ago measures the return's first step as
+        # burstiness, and at that dispersion no instance would seem worth anything
         recent = min(windows, key=lambda w: w.seconds)
-        now_costs = (costs_by_instances(spec, mix, recent.per_hour(recent.requests) * cap_per_req, dispersion)
-                     if recent.seconds < fore.seconds and recent.requests > 0 else None)
+        now_costs = ()
+        if recent.seconds < fore.seconds and recent.requests > 0:
+            load = recent.per_hour(recent.requests) * cap_per_req
+            now_costs = tuple(costs_by_instances(spec, mix, load, d)
+                              for d in {dispersion, poisson_dispersion(mix, self.size_cv, self.peakedness)})
         up = down = current
         for k in range(lo, hi + 1):
             if k == current:
@@ -212,7 +217,7 @@ class BreakEven:
                 lost_s = spec.startup_for(k) + fore.seconds / 2.0
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
-                needed = now_costs is not None and now_costs[current - lo] < now_costs[k - lo]
+                needed = any(c[current - lo] < c[k - lo] for c in now_costs)
                 if down == current and account > 0 and account >= self.restart_weight * risk and not needed:
                     down = k  # the smallest qualifying count
         details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
@@ -233,6 +238,12 @@ class BreakEven:
             if w.requests >= self.min_mix_requests:
                 chosen = w
                 break
+        if chosen.requests < self.min_mix_requests and "p_req" in ctx.memo:
+            # a trickle in a quiet hour (or the first requests of a return) is a handful of token
+            # counts, and priced on them a restart's risk jumps with each request: the last mix
+            # measured on enough requests stands until the windows hold that many again
+            return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint,
+                                          ctx.api_prices)
         if chosen.requests <= 0:
             chosen = max(windows, key=lambda w: w.requests)
         return TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,

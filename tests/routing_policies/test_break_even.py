@@ -459,3 +459,17 @@ def test_the_return_of_traffic_does_not_release_the_instance_kept_through_its_ga
     back = 2 * 7200 // 5
     assert targets[back - 1] == 1  # kept through the gap (the return costs more than two idle hours)
     assert min(targets[back:]) >= 1
+
+
+def test_a_trickle_is_priced_at_the_last_mix_measured_on_enough_requests():
+    # after busy conversation traffic, a quiet hour's handful of requests (here three short ones)
+    # says little about what a request costs; priced on them, the restart a release risks would
+    # swing with each request. The mix measured on enough requests stands until there are that many
+    policy = build_policy("break_even")
+    busy = steady(policy, 3_000, 600)
+    memo = dict(busy[-1].memo)
+    trickle = tuple(VolumeWindow(s, 3.0, 3 * 20.0, 3 * 10.0) for s in (60.0, 300.0, 3600.0))
+    d = policy.plan_capacity(CapacityContext(20_000.0, SPEC, GPT4O, trickle, 1, 1, 0.0, memo))
+    assert d.details["api_usd_per_request"] == pytest.approx(GPT4O.request_cost(*CONV))
+    fresh = policy.plan_capacity(CapacityContext(20_000.0, SPEC, GPT4O, trickle, 0, 0, 0.0, {}))
+    assert fresh.details["api_usd_per_request"] == pytest.approx(GPT4O.request_cost(20.0, 10.0))  # nothing better known

@@ -266,3 +266,52 @@ def test_break_even_is_within_twice_the_best_online_choice_on_on_off_traffic(gap
         assert result.instances_started == 6 and spend < keep  # a long one is released
     # (40 minutes is about the threshold itself: the adversary's best case, where the 2× bound is all)
     assert spend >= hindsight_optimum(trace, setup, 60.0, horizon).spend_usd  # the optimum starts ahead: a lower bound
+
+
+class Recorded:
+    """A policy whose capacity decisions are kept: (time, from, to) of every change."""
+
+    def __init__(self, policy):
+        self.policy, self.name, self.changes = policy, policy.name, []
+
+    def route(self, ctx):
+        return self.policy.route(ctx)
+
+    def plan_capacity(self, ctx):
+        d = self.policy.plan_capacity(ctx)
+        if d.instances != ctx.current_target:
+            self.changes.append((ctx.now_s, ctx.current_target, d.instances))
+        return d
+
+
+def test_the_return_after_a_collection_gap_keeps_the_instance_the_gap_kept():
+    # Two busy hours at 9,000 req/h (gpt-4o prices: three instances), two hours with a trickle of
+    # ten requests (a gap in collection, as ServeGen's m-mid shape has), and the same traffic back.
+    # A cold start of that traffic costs more than two idle hours of one instance, so one is kept
+    # through the gap; the return must not release it. Its first requests are a new step in an hour
+    # of nothing (measured as burstiness, they made one instance look worthless) and a handful of
+    # token counts (priced on them, the restart's risk fell below the gap's account): it was
+    # released 10 s into the return and started cold three minutes later.
+    spec = EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0,
+                        context_window=8192, startup_from_zero_s=600.0)
+    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6), spec)
+    rng = random.Random(1)
+    rows = []
+
+    def busy(start, end):
+        t = start
+        while (t := t + rng.expovariate(9000 / 3600)) < end:
+            rows.append((t, rng.randint(200, 2000), rng.randint(50, 400)))
+
+    busy(0, 7200)
+    back = 4 * 3600
+    rows += [(7200 + (i + 0.5) * 720, rng.randint(200, 2000), rng.randint(50, 400)) for i in range(10)]
+    busy(back, back + 3600)
+    policy = Recorded(build_policy("break_even"))
+    simulate(Trace.from_rows(rows), policy, setup, horizon_s=back + 3600)
+    count = 0
+    for t, _, to in policy.changes:
+        if t < back:
+            count = to
+    assert count >= 1  # kept through the gap
+    assert all(to >= count for t, _, to in policy.changes if t >= back)  # and through the return
