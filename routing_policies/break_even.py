@@ -138,7 +138,7 @@ class BreakEven:
             # an hour without a request after traffic that paid for instances: the same ski rental
             # (at the last mix) decides whether the return is near enough to keep them. An hour's
             # idle price is below one restart at gpt-4o prices and a few thousand requests/hour
-            mix = TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, spec, ctx.api_prices)
+            mix = self._last_mix(ctx)
         else:
             mix = self._mix(windows, ctx)
         fore = self._nearest(windows, self.forecast_window_s)
@@ -242,12 +242,16 @@ class BreakEven:
             # a trickle in a quiet hour (or the first requests of a return) is a handful of token
             # counts, and priced on them a restart's risk jumps with each request: the last mix
             # measured on enough requests stands until the windows hold that many again
-            return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint,
-                                          ctx.api_prices)
+            return self._last_mix(ctx)
         if chosen.requests <= 0:
             chosen = max(windows, key=lambda w: w.requests)
         return TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
                                       chosen.seconds, ctx.endpoint, ctx.api_prices)
+
+    @staticmethod
+    def _last_mix(ctx: CapacityContext) -> TrafficMix:
+        """The mix (tokens per request) the previous decision priced with, carried in the memo."""
+        return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint, ctx.api_prices)
 
     def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
                            fore: VolumeWindow, rph: float, busy: float, current: int, dispersion: float) -> int | None:
