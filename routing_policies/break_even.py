@@ -22,7 +22,8 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   quarter needs is worth its overflow there, which the hour's average hides. The policy
   keeps an account per smaller count: what the
   extra instances cost beyond what they saved, tick by tick (time it is needed pays the
-  account down, never below zero), and releases them once it reaches ``restart_weight`` ×
+  account down, never below zero; down to one instance or more, the saving is priced over
+  the hour's levels too, for the same reason), and releases them once it reaches ``restart_weight`` ×
   the restart cost, unless the last minute says the current count is needed (the traffic
   is back while the forecast window still reads the gap). An instance that will be needed
   again soon is kept through the gap;
@@ -162,7 +163,9 @@ class BreakEven:
         fore = self._steady_window(windows, fore, dispersion, cap_per_req)
         rph = fore.per_hour(fore.requests)
         details["forecast_window_s"] = fore.seconds
+        spread = level_spread(longest.moments)
         costs = costs_by_instances(spec, mix, rph * cap_per_req, dispersion)
+        held = costs_over_levels(spec, mix, rph * cap_per_req, dispersion, spread)
         best = lo + min(range(len(costs)), key=lambda i: (costs[i], i))
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
 
@@ -178,7 +181,7 @@ class BreakEven:
         level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
         # priced over the levels the hour's minutes ran at, not at their mean: overflow is convex in
         # the load, and a marginal instance earns its keep in the hour's busiest minutes
-        again = costs_over_levels(spec, mix, level * cap_per_req, dispersion, level_spread(longest.moments))
+        again = costs_over_levels(spec, mix, level * cap_per_req, dispersion, spread)
         # busy since: the last tick the watched hour's rate was below break-even. After a quiet
         # hour (a night, a gap in collection) the hour before says nothing about the return; a
         # lull of minutes is no such thing, and must not lift the cap on peaks of minutes
@@ -188,7 +191,6 @@ class BreakEven:
                                   "p_req": mix.prompt_tokens_per_request, "c_req": mix.completion_tokens_per_request}
         beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
-        here = costs[current - lo]
         # the last minute, when it says the current count is needed: traffic is back (or a burst is on),
         # and a gap's account must not release the instance at the moment it pays again. Priced as a
         # Poisson load: an hour that was a gap until a minute ago measures the return's first step as
@@ -203,7 +205,10 @@ class BreakEven:
         for k in range(lo, hi + 1):
             if k == current:
                 continue
-            account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (here - costs[k - lo]) / 3600.0)  # USD
+            # going up is a bet on the rate now; keeping an instance that others share the load with is
+            # worth its overflow over the levels the hour ran at (the last one carries no overflow to price)
+            c = costs if k > current or k == 0 else held
+            account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (c[current - lo] - c[k - lo]) / 3600.0)  # USD
             memo[str(k)] = account
             # the start-up billing of the instances added, going up now or coming back later
             start = abs(k - current) * spec.hourly_price_usd * spec.startup_for(min(k, current)) / 3600.0  # USD

@@ -160,7 +160,7 @@ def on_trace_clock(memo) -> dict:
     return memo
 
 
-@pytest.mark.parametrize("hourly", [[0, 1500, 3500, 600], [1500, 3500, 600]],
+@pytest.mark.parametrize("hourly", [[0, 1500, 3500, 600, 100], [1500, 3500, 600, 100]],
                          ids=["quiet-first-hour", "traffic-from-the-start"])
 def test_live_planner_makes_the_replays_decisions(hourly):
     """With traffic from the first second, the first hour's windows are the watched minutes only."""

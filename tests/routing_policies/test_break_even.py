@@ -473,3 +473,25 @@ def test_a_trickle_is_priced_at_the_last_mix_measured_on_enough_requests():
     assert d.details["api_usd_per_request"] == pytest.approx(GPT4O.request_cost(*CONV))
     fresh = policy.plan_capacity(CapacityContext(20_000.0, SPEC, GPT4O, trickle, 0, 0, 0.0, {}))
     assert fresh.details["api_usd_per_request"] == pytest.approx(GPT4O.request_cost(20.0, 10.0))  # nothing better known
+
+
+def test_an_instance_the_hours_busy_minutes_need_is_kept_at_the_average():
+    # three instances at 8,000 req/h, which two carry on average. If the hour was that steady, the
+    # third costs more than the overflow it saves and is released. If its level wandered (a busy
+    # quarter above what two carry, a calm rest), the third is worth its price in the busy minutes,
+    # which are what overflow is made of: kept. Starting one is still judged at the rate now.
+    rph, cap_req = 8_000.0, CONV[1] + SPEC.prompt_token_weight * CONV[0]
+    mean = rph / 60.0 * cap_req  # capacity tokens per one-minute bucket
+    allan = 700.0 * mean
+
+    def count_after_two_hours(wander_sd: float) -> int:
+        moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + wander_sd ** 2 + allan), 2 * 59 * allan),)
+        wins = windows(rph)[:2] + (VolumeWindow(3600.0, rph, rph * CONV[0], rph * CONV[1], moments),)
+        policy, memo, current = build_policy("break_even"), {"at": 20_000.0, "level": rph}, 3
+        for step in range(5, 2 * 3600, 5):
+            d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, wins, current, current, 0.0, memo))
+            memo, current = dict(d.memo), d.instances
+        return current
+
+    assert count_after_two_hours(0.0) == 2
+    assert count_after_two_hours(0.35 * mean) == 3
