@@ -222,7 +222,7 @@ class BreakEven:
                 lost_s = spec.startup_for(k) + fore.seconds / 2.0
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
-                needed = any(c[current - lo] < c[k - lo] for c in now_costs)
+                needed = any(x[current - lo] < x[k - lo] for x in now_costs)
                 if down == current and account > 0 and account >= self.restart_weight * risk and not needed:
                     down = k  # the smallest qualifying count
         details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
