@@ -83,7 +83,8 @@ class BreakEven:
     size_cv: 1.0, peakedness: 1.0 — only used before the traffic's burstiness has been
         measured: a compound Poisson load with this request-size spread.
     min_mix_requests: 20 — the prompt/completion mix comes from the longest window with
-        at least this many requests (the longest window otherwise).
+        at least this many requests; with fewer, from the last mix measured on that many
+        (the longest window's handful if there is none yet).
     min_burst_requests: 200 — the load's burstiness is measured once the longest window holds
         this many requests (Poisson is assumed before).
     forecast_noise: 0.3 — the largest relative error (from the measured burstiness) a
@@ -139,9 +140,9 @@ class BreakEven:
             # an hour without a request after traffic that paid for instances: the same ski rental
             # (at the last mix) decides whether the return is near enough to keep them. An hour's
             # idle price is below one restart at gpt-4o prices and a few thousand requests/hour
-            mix = self._last_mix(ctx)
+            mix, measured_mix = self._last_mix(ctx), False
         else:
-            mix = self._mix(windows, ctx)
+            mix, measured_mix = self._mix(windows, ctx)
         fore = self._nearest(windows, self.forecast_window_s)
         rph = fore.per_hour(fore.requests)
         be = break_even_requests_per_hour(spec, mix)
@@ -170,8 +171,9 @@ class BreakEven:
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
 
         # Ski rental both ways, one account per other count k: what staying at the current
-        # count has cost beyond k, tick by tick, at the forecast volume (never below zero;
-        # time the current count is the better one pays the account down). Moving to k pays
+        # count has cost beyond k, tick by tick, at the forecast volume (down to k >= 1: over the
+        # hour's levels around it; never below zero; time the current count is the better one
+        # pays the account down). Moving to k pays
         # once the account covers what the move risks: a start-up's billing going up; going
         # down, a restart (see the module docstring), priced at the level traffic returns at.
         hour = longest.per_hour(longest.requests)
@@ -187,14 +189,19 @@ class BreakEven:
         # lull of minutes is no such thing, and must not lift the cap on peaks of minutes
         quiet = be is None or hour < be
         busy = ctx.now_s if quiet else min(ctx.memo.get("busy", ctx.now_s), ctx.now_s)
-        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy,
-                                  "p_req": mix.prompt_tokens_per_request, "c_req": mix.completion_tokens_per_request}
+        memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
+        if measured_mix:
+            memo.update(p_req=mix.prompt_tokens_per_request, c_req=mix.completion_tokens_per_request)
+        elif "p_req" in ctx.memo:
+            memo.update(p_req=ctx.memo["p_req"], c_req=ctx.memo["c_req"])
         beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
         # the last minute, when it says the current count is needed: traffic is back (or a burst is on),
-        # and a gap's account must not release the instance at the moment it pays again. Priced as a
-        # Poisson load: an hour that was a gap until a minute ago measures the return's first step as
-        # burstiness, and at that dispersion no instance would seem worth anything
+        # and a gap's account must not release the instance at the moment it pays again. Priced at the
+        # measured dispersion and as a Poisson load, needed if either says so: an hour that was a gap
+        # until a minute ago measures the return's first step as burstiness, and at that dispersion no
+        # instance would seem worth anything. (No guard when the forecast window is the shortest one:
+        # it is the last minute itself.)
         recent = min(windows, key=lambda w: w.seconds)
         now_costs = ()
         if recent.seconds < fore.seconds and recent.requests > 0:
@@ -206,7 +213,10 @@ class BreakEven:
             if k == current:
                 continue
             # going up is a bet on the rate now; keeping an instance that others share the load with is
-            # worth its overflow over the levels the hour ran at (the last one carries no overflow to price)
+            # worth its overflow over the levels the hour ran at. Not the last one: priced so, it was
+            # kept longer through low-volume gaps and released anyway (docs/replay-results.md, m-mid
+            # code 1,000), and pricing the up accounts so started instances for busy quarters that
+            # were over by the time they served (conversation 2,500)
             c = costs if k > current or k == 0 else held
             account = max(0.0, ctx.memo.get(str(k), 0.0) + dt * (c[current - lo] - c[k - lo]) / 3600.0)  # USD
             memo[str(k)] = account
@@ -237,7 +247,8 @@ class BreakEven:
         return CapacityDecision(current, "keep_for_restart" if dwelt else "min_dwell", be, rph, details, memo)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _mix(self, windows: tuple[VolumeWindow, ...], ctx: CapacityContext) -> TrafficMix:
+    def _mix(self, windows: tuple[VolumeWindow, ...], ctx: CapacityContext) -> tuple[TrafficMix, bool]:
+        """The mix to price with, and whether it was measured on ``min_mix_requests`` requests (memo-worthy)."""
         chosen = max(windows, key=lambda w: w.seconds)
         for w in sorted(windows, key=lambda w: -w.seconds):
             if w.requests >= self.min_mix_requests:
@@ -247,11 +258,12 @@ class BreakEven:
             # a trickle in a quiet hour (or the first requests of a return) is a handful of token
             # counts, and priced on them a restart's risk jumps with each request: the last mix
             # measured on enough requests stands until the windows hold that many again
-            return self._last_mix(ctx)
+            return self._last_mix(ctx), False
         if chosen.requests <= 0:
             chosen = max(windows, key=lambda w: w.requests)
-        return TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
-                                      chosen.seconds, ctx.endpoint, ctx.api_prices)
+        return (TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
+                                       chosen.seconds, ctx.endpoint, ctx.api_prices),
+                chosen.requests >= self.min_mix_requests)
 
     @staticmethod
     def _last_mix(ctx: CapacityContext) -> TrafficMix:
@@ -307,7 +319,8 @@ class BreakEven:
 
 
 # memo keys that are no count's account: the last tick's time, the level traffic returns at, busy
-# since, and the mix (prompt and completion tokens per request) to price an hour without traffic at
+# since, and the last mix measured on enough requests (prompt and completion tokens per request), to
+# price an hour without traffic or a trickle at
 _NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req"))
 
 
@@ -315,7 +328,9 @@ def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:
     """The accounts after moving to ``to``: those further the same way keep what they hold beyond it.
 
     An account is a sum of cost differences, and (current − k) = (current − to) + (to − k):
-    a ramp that already earned the first step keeps its claim on the next one.
+    a ramp that already earned the first step keeps its claim on the next one. (Going down to
+    one instance or more, the last instance's account is priced at the forecast alone and the
+    others over the hour's levels, so there the split is an approximation.)
     """
     base = memo.get(str(to), 0.0)
     out: dict[str, float] = {}

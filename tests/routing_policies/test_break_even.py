@@ -14,7 +14,7 @@ from routing_policies import (
 from routing_policies.capacity import (
     TrafficMix, break_even_requests_per_hour, cheapest_instances, costs_by_instances, costs_over_levels,
     endpoint_ever_pays_off, expected_overflow_per_hour, instance_capacity_per_hour, level_spread,
-    measured_dispersion,
+    measured_dispersion, poisson_dispersion,
 )
 
 SPEC = EndpointSpec(hourly_price_usd=1.408, max_tokens_per_second=300.0, prompt_token_weight=0.02,
@@ -484,10 +484,10 @@ def test_an_instance_the_hours_busy_minutes_need_is_kept_at_the_average():
     mean = rph / 60.0 * cap_req  # capacity tokens per one-minute bucket
     allan = 700.0 * mean
 
-    def count_after_two_hours(wander_sd: float) -> int:
+    def count_after_two_hours(wander_sd: float, current: int = 3) -> int:
         moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + wander_sd ** 2 + allan), 2 * 59 * allan),)
         wins = windows(rph)[:2] + (VolumeWindow(3600.0, rph, rph * CONV[0], rph * CONV[1], moments),)
-        policy, memo, current = build_policy("break_even"), {"at": 20_000.0, "level": rph}, 3
+        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph}
         for step in range(5, 2 * 3600, 5):
             d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, wins, current, current, 0.0, memo))
             memo, current = dict(d.memo), d.instances
@@ -495,3 +495,28 @@ def test_an_instance_the_hours_busy_minutes_need_is_kept_at_the_average():
 
     assert count_after_two_hours(0.0) == 2
     assert count_after_two_hours(0.35 * mean) == 3
+    assert count_after_two_hours(0.35 * mean, current=2) == 2  # not started for the busy quarter
+
+
+def test_a_burst_in_the_last_minute_holds_a_ripe_release_at_the_measured_burstiness():
+    # two instances; the hour ran at 1,000 req/h of bursty load (20x a Poisson load's dispersion),
+    # which one instance carries, and the account for one is far past a restart's price. If the last
+    # minute ran at that rate, the second instance goes. If it ran at 2,500 req/h (a burst), the
+    # release waits: at the measured burstiness two instances are needed for it, though a Poisson
+    # load at that rate would not need them
+    m = mix(GPT4O)
+    cap = m.capacity_tokens_per_request
+    mean = 1_000.0 / 60.0 * cap  # capacity tokens per one-minute bucket
+    allan = 20.0 * poisson_dispersion(m) * mean
+    moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + allan), 2 * 59 * allan),)
+    hour = VolumeWindow(3600.0, 1_000.0, 1_000.0 * CONV[0], 1_000.0 * CONV[1], moments)
+
+    def decide(last_minute_rph):
+        wins = windows(last_minute_rph, seconds=(60.0,)) + windows(1_000.0, seconds=(300.0,)) + (hour,)
+        return build_policy("break_even").plan_capacity(
+            CapacityContext(20_000.0, SPEC, GPT4O, wins, 2, 2, 0.0, {"at": 19_995.0, "level": 1_000.0, "1": 10.0}))
+
+    assert decide(1_000.0).instances == 1
+    burst = decide(2_500.0)
+    assert burst.instances == 2 and burst.reason == "keep_for_restart"
+    assert cheapest_instances(SPEC, m, 2_500.0 * cap)[0] == 1  # a Poisson load at the burst's rate: one
