@@ -166,7 +166,8 @@ class BreakEven:
         details["forecast_window_s"] = fore.seconds
         spread = level_spread(longest.moments)
         costs = costs_by_instances(spec, mix, rph * cap_per_req, dispersion)
-        held = costs_over_levels(spec, mix, rph * cap_per_req, dispersion, spread)
+        # read only by the accounts of counts between one and the current one (see the loop below)
+        held = costs_over_levels(spec, mix, rph * cap_per_req, dispersion, spread) if current > max(lo, 1) else costs
         best = lo + min(range(len(costs)), key=lambda i: (costs[i], i))
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
 
@@ -190,24 +191,10 @@ class BreakEven:
         quiet = be is None or hour < be
         busy = ctx.now_s if quiet else min(ctx.memo.get("busy", ctx.now_s), ctx.now_s)
         memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
-        if measured_mix:
+        if measured_mix or "p_req" in ctx.memo:  # (a first handful, with no mix measured yet, is not kept)
             memo.update(p_req=mix.prompt_tokens_per_request, c_req=mix.completion_tokens_per_request)
-        elif "p_req" in ctx.memo:
-            memo.update(p_req=ctx.memo["p_req"], c_req=ctx.memo["c_req"])
         beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
-        # the last minute, when it says the current count is needed: traffic is back (or a burst is on),
-        # and a gap's account must not release the instance at the moment it pays again. Priced at the
-        # measured dispersion and as a Poisson load, needed if either says so: an hour that was a gap
-        # until a minute ago measures the return's first step as burstiness, and at that dispersion no
-        # instance would seem worth anything. (No guard when the forecast window is the shortest one:
-        # it is the last minute itself.)
-        recent = min(windows, key=lambda w: w.seconds)
-        now_costs = ()
-        if recent.seconds < fore.seconds and recent.requests > 0:
-            load = recent.per_hour(recent.requests) * cap_per_req
-            now_costs = tuple(costs_by_instances(spec, mix, load, d)
-                              for d in {dispersion, poisson_dispersion(mix, self.size_cv, self.peakedness)})
         up = down = current
         for k in range(lo, hi + 1):
             if k == current:
@@ -232,8 +219,8 @@ class BreakEven:
                 lost_s = spec.startup_for(k) + fore.seconds / 2.0
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
-                needed = any(x[current - lo] < x[k - lo] for x in now_costs)
-                if down == current and account > 0 and account >= self.restart_weight * risk and not needed:
+                if (down == current and account > 0 and account >= self.restart_weight * risk
+                        and not self._needed_now(ctx, fore, mix, dispersion, current, k)):
                     down = k  # the smallest qualifying count
         details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
         if up > current:
@@ -264,6 +251,28 @@ class BreakEven:
         return (TrafficMix.from_totals(chosen.requests, chosen.prompt_tokens, chosen.completion_tokens,
                                        chosen.seconds, ctx.endpoint, ctx.api_prices),
                 chosen.requests >= self.min_mix_requests)
+
+    def _needed_now(self, ctx: CapacityContext, fore: VolumeWindow, mix: TrafficMix, dispersion: float,
+                    current: int, k: int) -> bool:
+        """Whether the last minute's rate makes ``current`` instances cheaper than ``k``: a ripe release waits.
+
+        Traffic is back (or a burst is on) while the forecast window still reads the gap, and a gap's
+        account must not release the instance at the moment it pays again. Priced at the measured
+        dispersion and as a Poisson load, needed if either says so: an hour that was a gap until a
+        minute ago measures the return's first step as burstiness, and at that dispersion no instance
+        would seem worth anything. No guard when the forecast window is the shortest one (it is the
+        last minute itself). Asked only once a release qualifies: it prices two more count vectors.
+        """
+        recent = min(ctx.windows, key=lambda w: w.seconds)
+        if recent.seconds >= fore.seconds or recent.requests <= 0:
+            return False
+        spec, lo = ctx.endpoint, ctx.endpoint.min_instances
+        load = recent.per_hour(recent.requests) * mix.capacity_tokens_per_request
+        for d in (dispersion, poisson_dispersion(mix, self.size_cv, self.peakedness)):
+            costs = costs_by_instances(spec, mix, load, d)
+            if costs[current - lo] < costs[k - lo]:
+                return True
+        return False
 
     @staticmethod
     def _last_mix(ctx: CapacityContext) -> TrafficMix:
