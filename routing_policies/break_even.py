@@ -75,8 +75,8 @@ class BreakEven:
 
     Parameters (all optional; the defaults are the ones replayed in docs/replay-results.md):
 
-    forecast_window_s: 300 — the volume window (seconds) whose rate forecasts the next
-        minutes; the caller's window nearest to it is used.
+    forecast_window_s: 300 — the volume window (seconds) whose load (its requests' capacity
+        tokens) forecasts the next minutes; the caller's window nearest to it is used.
     restart_weight: 1.0 — change the count once its account reaches this × what the change
         risks (1: the 2-competitive ski-rental rule; larger waits longer both ways).
     min_dwell_s: 300 — seconds after a change (or a process start) before scaling down.
@@ -89,7 +89,7 @@ class BreakEven:
         this many requests (Poisson is assumed before).
     forecast_noise: 0.3 — the largest relative error (from the measured burstiness) a
         forecast window may have; a noisier one gives way to the next longer window.
-    hour_headroom: 1.05 — a scale-up past the first instance is for a rate at most this × the
+    hour_headroom: 1.05 — a scale-up past the first instance is for a load at most this × the
         watched hour's (0: off); see ``_best_beyond_first``.
     """
 
@@ -160,14 +160,19 @@ class BreakEven:
         measured = measured_dispersion(longest.moments) if longest.requests >= self.min_burst_requests else None
         dispersion = measured if measured is not None else poisson_dispersion(mix, self.size_cv, self.peakedness)
         details["load_dispersion"] = dispersion
-        cap_per_req = mix.capacity_tokens_per_request
-        fore = self._steady_window(windows, fore, dispersion, cap_per_req)
+        fore = self._steady_window(windows, fore, dispersion, spec)
         rph = fore.per_hour(fore.requests)
+        # the load is the window's own tokens, not its requests × the hour's tokens per request: in
+        # real traffic a minute's request count and its request sizes move apart (bursts of short
+        # requests: an Azure conversation hour's 5-min windows run 157-299 capacity tokens per
+        # request around a mean of 231), and counted in requests such a burst looked 47 % busier
+        # than it was and a lull 23 % idler, enough to release an instance the hour needed
+        load = _load_per_hour(fore, spec)
         details["forecast_window_s"] = fore.seconds
         spread = level_spread(longest.moments)
-        costs = costs_by_instances(spec, mix, rph * cap_per_req, dispersion)
+        costs = costs_by_instances(spec, mix, load, dispersion)
         # read only by the accounts of counts between one and the current one (see the loop below)
-        held = costs_over_levels(spec, mix, rph * cap_per_req, dispersion, spread) if current > max(lo, 1) else costs
+        held = costs_over_levels(spec, mix, load, dispersion, spread) if current > max(lo, 1) else costs
         best = lo + min(range(len(costs)), key=lambda i: (costs[i], i))
         details["cost_usd_per_hour_by_instances"] = dict(zip(range(lo, hi + 1), costs))
 
@@ -179,12 +184,12 @@ class BreakEven:
         # down, a restart (see the module docstring), priced at the level traffic returns at.
         hour = longest.per_hour(longest.requests)
         dt = max(0.0, ctx.now_s - ctx.memo.get("at", ctx.now_s))
-        # the level traffic comes back at after a gap: the recent busy rate, forgotten over an hour
-        # (an hour's average of a busy half-hour and a gap is half what returns)
-        level = max(rph, hour, ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
+        # the load traffic comes back at after a gap (capacity tokens/hour): the recent busy load,
+        # forgotten over an hour (an hour's average of a busy half-hour and a gap is half what returns)
+        level = max(load, _load_per_hour(longest, spec), ctx.memo.get("level", 0.0) * math.exp(-dt / 3600.0))
         # priced over the levels the hour's minutes ran at, not at their mean: overflow is convex in
         # the load, and a marginal instance earns its keep in the hour's busiest minutes
-        again = costs_over_levels(spec, mix, level * cap_per_req, dispersion, spread)
+        again = costs_over_levels(spec, mix, level, dispersion, spread)
         # busy since: the last tick the watched hour's rate was below break-even. After a quiet
         # hour (a night, a gap in collection) the hour before says nothing about the return; a
         # lull of minutes is no such thing, and must not lift the cap on peaks of minutes
@@ -193,7 +198,7 @@ class BreakEven:
         memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
         if measured_mix or "p_req" in ctx.memo:  # (a first handful, with no mix measured yet, is not kept)
             memo.update(p_req=mix.prompt_tokens_per_request, c_req=mix.completion_tokens_per_request)
-        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, rph, busy, current, dispersion)
+        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, load, busy, current, dispersion)
         best_up = best if beyond is None else min(best, beyond)
         up = down = current
         for k in range(lo, hi + 1):
@@ -267,7 +272,7 @@ class BreakEven:
         if recent.seconds >= fore.seconds or recent.requests <= 0:
             return False
         spec, lo = ctx.endpoint, ctx.endpoint.min_instances
-        load = recent.per_hour(recent.requests) * mix.capacity_tokens_per_request
+        load = _load_per_hour(recent, spec)
         for d in (dispersion, poisson_dispersion(mix, self.size_cv, self.peakedness)):
             costs = costs_by_instances(spec, mix, load, d)
             if costs[current - lo] < costs[k - lo]:
@@ -280,7 +285,7 @@ class BreakEven:
         return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint, ctx.api_prices)
 
     def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
-                           fore: VolumeWindow, rph: float, busy: float, current: int, dispersion: float) -> int | None:
+                           fore: VolumeWindow, load: float, busy: float, current: int, dispersion: float) -> int | None:
         """The cheapest count for a scale-up past the first instance: at a rate the hour has seen.
 
         An added instance serves overflow, and overflow the watched hour's rate does not show
@@ -296,14 +301,14 @@ class BreakEven:
         if self.hour_headroom <= 0 or current < 1:
             return None
         watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
-        capped = self.hour_headroom * longest.requests / watched * 3600.0
-        if capped >= rph:
+        capped = self.hour_headroom * _load_per_hour(longest, spec) * longest.seconds / watched
+        if capped >= load:
             return None
-        costs = costs_by_instances(spec, mix, capped * mix.capacity_tokens_per_request, dispersion)
+        costs = costs_by_instances(spec, mix, capped, dispersion)
         return spec.min_instances + min(range(len(costs)), key=lambda i: (costs[i], i))
 
     def _steady_window(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow, dispersion: float,
-                       cap_per_req: float) -> VolumeWindow:
+                       spec) -> VolumeWindow:
         """The forecast window, or a longer one when bursts make it too noisy to act on.
 
         A window holding L capacity tokens of a load with variance = mean × dispersion
@@ -315,9 +320,9 @@ class BreakEven:
         is judged on a longer window.
         """
         longest = max(windows, key=lambda w: w.seconds)
-        hourly = longest.requests / longest.seconds if longest.seconds > 0 else 0.0  # requests/s
+        hourly = _load_per_hour(longest, spec) / 3600.0  # capacity tokens/s
         for w in sorted(windows, key=lambda w: w.seconds):
-            expected = max(hourly * w.seconds, w.requests) * cap_per_req
+            expected = max(hourly * w.seconds, spec.capacity_tokens(w.prompt_tokens, w.completion_tokens))
             if w.seconds >= fore.seconds and expected > 0 and (dispersion / expected) ** 0.5 <= self.forecast_noise:
                 return w
         return longest
@@ -331,6 +336,11 @@ class BreakEven:
 # since, and the last mix measured on enough requests (prompt and completion tokens per request), to
 # price an hour without traffic or a trickle at
 _NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req"))
+
+
+def _load_per_hour(w: VolumeWindow, spec) -> float:
+    """The capacity tokens/hour a window's requests put on the endpoint."""
+    return w.per_hour(spec.capacity_tokens(w.prompt_tokens, w.completion_tokens))
 
 
 def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:

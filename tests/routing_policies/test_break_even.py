@@ -193,7 +193,7 @@ def test_a_marginal_instance_is_priced_at_the_levels_the_hour_ran_at():
         moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + wander_sd ** 2 + allan), 2 * 59 * allan),)
         hour = VolumeWindow(3600.0, rph, rph * CONV[0], rph * CONV[1], moments)
         wins = windows(1e-6)[:2] + (hour,)
-        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph}
+        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph * cap_req}
         for step in range(5, 3 * 3600, 5):
             d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, wins, 3, 3, 0.0, memo))
             memo = dict(d.memo)
@@ -487,7 +487,7 @@ def test_an_instance_the_hours_busy_minutes_need_is_kept_at_the_average():
     def count_after_two_hours(wander_sd: float, current: int = 3) -> int:
         moments = (LoadMoments(60.0, 60, 60 * mean, 60 * (mean ** 2 + wander_sd ** 2 + allan), 2 * 59 * allan),)
         wins = windows(rph)[:2] + (VolumeWindow(3600.0, rph, rph * CONV[0], rph * CONV[1], moments),)
-        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph}
+        policy, memo = build_policy("break_even"), {"at": 20_000.0, "level": rph * cap_req}
         for step in range(5, 2 * 3600, 5):
             d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, wins, current, current, 0.0, memo))
             memo, current = dict(d.memo), d.instances
@@ -514,9 +514,31 @@ def test_a_burst_in_the_last_minute_holds_a_ripe_release_at_the_measured_burstin
     def decide(last_minute_rph):
         wins = windows(last_minute_rph, seconds=(60.0,)) + windows(1_000.0, seconds=(300.0,)) + (hour,)
         return build_policy("break_even").plan_capacity(
-            CapacityContext(20_000.0, SPEC, GPT4O, wins, 2, 2, 0.0, {"at": 19_995.0, "level": 1_000.0, "1": 10.0}))
+            CapacityContext(20_000.0, SPEC, GPT4O, wins, 2, 2, 0.0, {"at": 19_995.0, "level": 1_000.0 * cap, "1": 10.0}))
 
     assert decide(1_000.0).instances == 1
     burst = decide(2_500.0)
     assert burst.instances == 2 and burst.reason == "keep_for_restart"
     assert cheapest_instances(SPEC, m, 2_500.0 * cap)[0] == 1  # a Poisson load at the burst's rate: one
+
+
+def test_the_load_is_the_windows_tokens_not_their_request_count():
+    # two instances at 6,500 req/h, which one cannot carry. For two hours the requests come at
+    # half that rate but twice the size (real hours do this: bursts of short requests, lulls of
+    # long ones): the load is unchanged and both instances stay. Counted in requests at the hour's
+    # size it would look like 3,250 req/h, which one instance carries, and the second would go. A
+    # real lull (half the requests at the same size) does release it
+    rph = 6_500.0
+    hour = windows(rph, seconds=(3600.0,))
+
+    def count_after_two_hours(size: float) -> int:
+        recent = windows(rph / 2, prompt=CONV[0] * size, completion=CONV[1] * size, seconds=(60.0, 300.0))
+        policy, memo, current = build_policy("break_even"), {}, 2
+        for step in range(0, 7200, 5):
+            d = policy.plan_capacity(CapacityContext(20_000.0 + step, SPEC, GPT4O, recent + hour, current,
+                                                     current, 0.0, memo))
+            memo, current = dict(d.memo), d.instances
+        return current
+
+    assert count_after_two_hours(2.0) == 2
+    assert count_after_two_hours(1.0) == 1
