@@ -80,8 +80,9 @@ class BreakEven:
     restart_weight: 1.0 — change the count once its account reaches this × what the change
         risks (1: the 2-competitive ski-rental rule; larger waits longer both ways).
     min_dwell_s: 300 — seconds after a change (or a process start) before scaling down.
-    size_cv: 1.0, peakedness: 1.0 — only used before the traffic's burstiness has been
-        measured: a compound Poisson load with this request-size spread.
+    size_cv: 1.0 — the spread of request sizes (std ÷ mean): how much of a window's departure
+        from the hour's tokens per request is chance (``_window_load``); and, with peakedness: 1.0,
+        before the traffic's burstiness has been measured: a compound Poisson load with this spread.
     min_mix_requests: 20 — the prompt/completion mix comes from the longest window with
         at least this many requests; with fewer, from the last mix measured on that many
         (the longest window's handful if there is none yet).
@@ -162,12 +163,7 @@ class BreakEven:
         details["load_dispersion"] = dispersion
         fore = self._steady_window(windows, fore, dispersion, spec)
         rph = fore.per_hour(fore.requests)
-        # the load is the window's own tokens, not its requests × the hour's tokens per request: in
-        # real traffic a minute's request count and its request sizes move apart (bursts of short
-        # requests: an Azure conversation hour's 5-min windows run 157-299 capacity tokens per
-        # request around a mean of 231), and counted in requests such a burst looked 47 % busier
-        # than it was and a lull 23 % idler, enough to release an instance the hour needed
-        load = _load_per_hour(fore, spec)
+        load = self._window_load(fore, mix, spec)
         details["forecast_window_s"] = fore.seconds
         spread = level_spread(longest.moments)
         costs = costs_by_instances(spec, mix, load, dispersion)
@@ -272,12 +268,34 @@ class BreakEven:
         if recent.seconds >= fore.seconds or recent.requests <= 0:
             return False
         spec, lo = ctx.endpoint, ctx.endpoint.min_instances
-        load = _load_per_hour(recent, spec)
+        load = self._window_load(recent, mix, spec)
         for d in (dispersion, poisson_dispersion(mix, self.size_cv, self.peakedness)):
             costs = costs_by_instances(spec, mix, load, d)
             if costs[current - lo] < costs[k - lo]:
                 return True
         return False
+
+    def _window_load(self, w: VolumeWindow, mix: TrafficMix, spec) -> float:
+        """The capacity tokens/hour a window's requests put on the endpoint: its request rate × their size.
+
+        The size is the window's own tokens per request where it departs from the mix's (the hour's)
+        by more than chance would, shrunk towards the mix's as much as chance explains (a James-Stein
+        weight, with ``size_cv`` as the spread of request sizes). In real hours a window's request
+        count and its request sizes move apart (bursts of short requests: an Azure conversation
+        hour's 5-min windows run 157-299 capacity tokens per request around a mean of 231); counted
+        at the hour's size such a burst looked 47 % busier than it was and a lull 23 % idler, enough
+        to release an instance the hour needed. Where sizes do not follow arrivals, the window's own
+        mean is noise, and taken as it is, it started instances for it (Poisson conversation: 25
+        starts instead of 21).
+        """
+        if w.requests <= 0:
+            return 0.0
+        hour_size = mix.capacity_tokens_per_request
+        size = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens) / w.requests
+        delta = size - hour_size
+        se2 = (hour_size * self.size_cv) ** 2 / w.requests
+        keep = max(0.0, 1.0 - se2 / (delta * delta)) if delta else 0.0
+        return w.per_hour(w.requests) * (hour_size + keep * delta)
 
     @staticmethod
     def _last_mix(ctx: CapacityContext) -> TrafficMix:
