@@ -131,6 +131,10 @@ class VolumeWindow:
     def per_hour(self, value: float) -> float:
         return value * 3600.0 / self.seconds if self.seconds > 0 else 0.0
 
+    def capacity_tokens(self, spec: EndpointSpec) -> float:
+        """The endpoint capacity the window's requests use (``EndpointSpec.capacity_tokens`` of its totals)."""
+        return spec.capacity_tokens(self.prompt_tokens, self.completion_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:

@@ -291,7 +291,7 @@ class BreakEven:
         if w.requests <= 0:
             return 0.0
         hour_size = mix.capacity_tokens_per_request
-        size = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens) / w.requests
+        size = w.capacity_tokens(spec) / w.requests
         delta = size - hour_size
         se2 = (hour_size * self.size_cv) ** 2 / w.requests
         keep = max(0.0, 1.0 - se2 / (delta * delta)) if delta else 0.0
@@ -319,7 +319,7 @@ class BreakEven:
         if self.hour_headroom <= 0 or current < 1:
             return None
         watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
-        capped = self.hour_headroom * _load_per_hour(longest, spec) * longest.seconds / watched
+        capped = self.hour_headroom * longest.capacity_tokens(spec) / watched * 3600.0
         if capped >= load:
             return None
         costs = costs_by_instances(spec, mix, capped, dispersion)
@@ -340,7 +340,7 @@ class BreakEven:
         longest = max(windows, key=lambda w: w.seconds)
         hourly = _load_per_hour(longest, spec) / 3600.0  # capacity tokens/s
         for w in sorted(windows, key=lambda w: w.seconds):
-            expected = max(hourly * w.seconds, spec.capacity_tokens(w.prompt_tokens, w.completion_tokens))
+            expected = max(hourly * w.seconds, w.capacity_tokens(spec))
             if w.seconds >= fore.seconds and expected > 0 and (dispersion / expected) ** 0.5 <= self.forecast_noise:
                 return w
         return longest
@@ -358,7 +358,7 @@ _NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req"))
 
 def _load_per_hour(w: VolumeWindow, spec) -> float:
     """The capacity tokens/hour a window's requests put on the endpoint."""
-    return w.per_hour(spec.capacity_tokens(w.prompt_tokens, w.completion_tokens))
+    return w.per_hour(w.capacity_tokens(spec))
 
 
 def _moved(memo: dict[str, float], to: int, direction: int) -> dict[str, float]:

@@ -102,7 +102,7 @@ class Accounting:
         w = self.store.volume().window(now, CHARGEBACK_WINDOW_S, backend=rec.backend, watched_only=False)
         spec = self._endpoint_specs[rec.backend]
         mine = spec.capacity_tokens(usage.prompt_tokens, usage.completion_tokens)
-        window = spec.capacity_tokens(w.prompt_tokens, w.completion_tokens)
+        window = w.capacity_tokens(spec)
         # the window's span can pass CHARGEBACK_WINDOW_S by float rounding (first_bucket's 1e-9):
         # capped, so that endpoint_charge_cap is a bound to the nano-dollar
         return endpoint_share(per_second, min(w.seconds, CHARGEBACK_WINDOW_S), mine, window)
