@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import sys
 import time
 from decimal import Decimal, InvalidOperation
@@ -90,6 +91,11 @@ def parse_api_prices(text: str) -> TokenPrices:
         raise ValueError(f"--api-prices: expected INPUT,OUTPUT[,CACHED_INPUT] in USD per 1M tokens, "
                          f"each a number >= 0 (e.g. 2.50,10.00), got {text!r}")
     return token_prices(PriceSpec(*values, source="--api-prices"))
+
+
+# the optimum's schedule interval, seconds: at 0 the horizon is undefined; far below a second a 14-day
+# trace's schedule no longer fits in memory; beyond an hour the billing horizon outgrows the trace
+OPTIMUM_INTERVAL_S = (1.0, 3600.0)
 
 
 def initial_instances(n: int, setup: ReplaySetup) -> int:
@@ -188,6 +194,9 @@ def replay_main(argv: list[str]) -> int:
         if args.api_prices is not None:
             setup = dataclasses.replace(setup, api_prices=parse_api_prices(args.api_prices),
                                         api_prices_from="--api-prices")
+        if not OPTIMUM_INTERVAL_S[0] <= args.optimum_interval <= OPTIMUM_INTERVAL_S[1]:  # also NaN
+            raise ValueError(f"--optimum-interval: expected {OPTIMUM_INTERVAL_S[0]:g} to {OPTIMUM_INTERVAL_S[1]:g} "
+                             f"seconds, got {args.optimum_interval:g}")
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs: expected 1 or more worker processes, got {args.jobs}")
         if args.initial_instances is not None:
@@ -237,6 +246,27 @@ def replay_main(argv: list[str]) -> int:
     return 0
 
 
+# more requests than a replay on this kind of machine holds (the 1M-request replay's parent takes ~370 MB)
+MAX_TRACE_REQUESTS = 50_000_000
+
+
+def _size_problem(args, shape: list[float]) -> str | None:
+    """Why the asked size cannot be built (None if it can): NaN built an empty trace, inf never ended."""
+    flag, value = next((f, v) for f, v in (("--scale", args.scale), ("--peak-per-hour", args.peak_per_hour),
+                                           ("--mean-per-hour", args.mean_per_hour)) if v is not None)
+    if not (math.isfinite(value) and value > 0):
+        return f"{flag}: expected a positive number, got {value:g}"
+    if flag == "--scale":
+        total = value * sum(shape)
+    elif flag == "--peak-per-hour":
+        total = value / max(shape) * sum(shape) if max(shape) > 0 else 0.0
+    else:
+        total = value * len(shape)
+    if total > MAX_TRACE_REQUESTS:
+        return f"{flag} {value:g}: about {total:,.0f} requests, more than the {MAX_TRACE_REQUESTS:,} a trace may hold"
+    return None
+
+
 def make_trace_main(argv: list[str]) -> int:
     args = add_make_trace_arguments(argparse.ArgumentParser(
         prog="gateway make-trace",
@@ -254,10 +284,16 @@ def make_trace_main(argv: list[str]) -> int:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2
     hours = args.hours if args.hours is not None else (
-        round(args.days * 24) if args.days is not None else len(hourly) - args.start_hour)
-    shape = hourly[args.start_hour:args.start_hour + hours]
+        (round(args.days * 24) if math.isfinite(args.days) else 0) if args.days is not None
+        else len(hourly) - args.start_hour)
+    # a negative start or length sliced the shape from its end (--days -1 built 312 hours)
+    shape = hourly[args.start_hour:args.start_hour + hours] if args.start_hour >= 0 and hours > 0 else []
     if not shape or (pairs is not None and not pairs) or (arrivals is not None and not len(arrivals)):
         print("gateway make-trace: nothing to build (empty hour range or trace)", file=sys.stderr)
+        return 2
+    problem = _size_problem(args, shape)
+    if problem:
+        print(f"gateway make-trace: {problem}", file=sys.stderr)
         return 2
     try:
         if arrivals is not None:

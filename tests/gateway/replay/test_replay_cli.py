@@ -286,3 +286,27 @@ def test_initial_instances_outside_the_bounds_exit_2(files, capsys):
     assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
                         "--initial-instances", "2", "--no-progress"]) == 2
     assert "--initial-instances" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("interval", ["0", "-60", "nan", "1e300"])
+def test_an_optimum_interval_outside_its_range_exits_2(files, capsys, interval):
+    # 0 divided the horizon by zero (a traceback), 1e300 billed until the end of time (a hang)
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--optimum-interval", interval, "--no-progress"]) == 2
+    assert "--optimum-interval: expected 1 to 3600 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--days", "-1", "--mean-per-hour", "10"], "nothing to build"),  # sliced the shape from its end: 312 hours
+    (["--days", "nan", "--mean-per-hour", "10"], "nothing to build"),
+    (["--hours", "2", "--mean-per-hour", "10", "--start-hour", "-5"], "nothing to build"),
+    (["--hours", "2", "--mean-per-hour", "nan"], "--mean-per-hour: expected a positive number"),  # built 0 requests
+    (["--hours", "2", "--peak-per-hour", "0"], "--peak-per-hour: expected a positive number"),
+    (["--hours", "2", "--scale", "inf"], "--scale: expected a positive number"),  # never ended
+    (["--hours", "2", "--mean-per-hour", "1e12"], "more than the 50,000,000 a trace may hold"),
+])
+def test_make_trace_sizes_and_spans_it_cannot_build_exit_2(tmp_path, capsys, args, said):
+    out = tmp_path / "t.csv"
+    assert make_trace_main(["--tokens-from", "azure-conv", *args, "--out", str(out)]) == 2
+    assert said in capsys.readouterr().err
+    assert not out.exists()
