@@ -194,7 +194,9 @@ class BreakEven:
         memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
         if measured_mix or "p_req" in ctx.memo:  # (a first handful, with no mix measured yet, is not kept)
             memo.update(p_req=mix.prompt_tokens_per_request, c_req=mix.completion_tokens_per_request)
-        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, load, busy, current, dispersion)
+        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, load, busy, current, dispersion, memo)
+        # how long the last minute has run above the watched hour's rate (see _wrong_start)
+        persisted = ctx.now_s - memo.get("over", ctx.now_s)
         best_up = best if beyond is None else min(best, beyond)
         up = down = current
         for k in range(lo, hi + 1):
@@ -213,6 +215,9 @@ class BreakEven:
             if k > current:
                 if account > 0 and account >= self.restart_weight * start and k <= best_up:
                     up = k  # the largest qualifying count up to the cheapest
+                elif (best_up < k <= best and persisted >= spec.startup_for(current) + self.min_dwell_s
+                      and account >= self.restart_weight * self._wrong_start(spec, current, k)):
+                    up = k  # past the hour's rate: a peak that has missed more than starting for it could waste
             else:
                 # a restart bills its start-up, needs its own account (another start-up's worth of
                 # missed saving) before it starts, and loses the saving while the forecast window
@@ -303,7 +308,8 @@ class BreakEven:
         return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint, ctx.api_prices)
 
     def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
-                           fore: VolumeWindow, load: float, busy: float, current: int, dispersion: float) -> int | None:
+                           fore: VolumeWindow, load: float, busy: float, current: int, dispersion: float,
+                           memo: dict[str, float]) -> int | None:
         """The cheapest count for a scale-up past the first instance: at a rate the hour has seen.
 
         An added instance serves overflow, and overflow the watched hour's rate does not show
@@ -320,6 +326,9 @@ class BreakEven:
             return None
         watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
         capped = self.hour_headroom * longest.capacity_tokens(spec) / watched * 3600.0
+        recent = min(ctx.windows, key=lambda w: w.seconds)
+        if self._window_load(recent, mix, spec) > capped:
+            memo["over"] = min(ctx.memo.get("over", ctx.now_s), ctx.now_s)
         if capped >= load:
             return None
         costs = costs_by_instances(spec, mix, capped, dispersion)
@@ -345,6 +354,22 @@ class BreakEven:
                 return w
         return longest
 
+    def _wrong_start(self, spec, current: int, k: int) -> float:
+        """USD that going from ``current`` to ``k`` instances wastes if the peak it is for ends as they start.
+
+        Their billing through the start-up and the dwell, then through the release's own ski rental: an
+        account of ``restart_weight`` × a restart's risk, at least (1 + ``restart_weight``) start-ups'
+        billing. A peak above the watched hour's rate (``_best_beyond_first``) whose missed saving already
+        covers this starts them: ski rental again, so a peak of minutes costs at most this much more
+        than the best choice for it. Below it, peaks of minutes had started a second instance 48 times
+        in 14 days (conversation 2,500); without it, a new level at an hour's start went without the
+        instances it needed for 25 minutes (m-mid conversation 8,000, hour 146: 12.59 USD where three
+        instances cost 4.22).
+        """
+        startup = spec.startup_for(current)
+        held_s = startup + self.min_dwell_s + self.restart_weight * (1.0 + self.restart_weight) * startup
+        return (k - current) * spec.hourly_price_usd * held_s / 3600.0
+
     @staticmethod
     def _nearest(windows: tuple[VolumeWindow, ...], seconds: float) -> VolumeWindow:
         return min(windows, key=lambda w: (abs(w.seconds - seconds), w.seconds))
@@ -353,7 +378,7 @@ class BreakEven:
 # memo keys that are no count's account: the last tick's time, the level traffic returns at, busy
 # since, and the last mix measured on enough requests (prompt and completion tokens per request), to
 # price an hour without traffic or a trickle at
-_NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req"))
+_NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req", "over"))
 
 
 def _load_per_hour(w: VolumeWindow, spec) -> float:

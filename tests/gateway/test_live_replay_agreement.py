@@ -154,7 +154,7 @@ async def drive_live(cfg, trace, replay: Spy, start_instances: int) -> tuple[Spy
 
 def on_trace_clock(memo) -> dict:
     memo = dict(memo)
-    for key in ("at", "busy"):  # the policy's clock readings
+    for key in ("at", "busy", "over"):  # the policy's clock readings
         if key in memo:
             memo[key] -= EPOCH
     return memo

@@ -542,3 +542,17 @@ def test_the_load_is_the_windows_tokens_not_their_request_count():
 
     assert count_after_two_hours(2.0) == 2
     assert count_after_two_hours(1.0) == 1
+
+
+def test_a_new_level_at_an_hours_start_is_not_held_to_the_hours_rate():
+    # an hour at 1.5× the 1→2 threshold (two instances), then 4× it (four): the watched hour's rate
+    # lags the new level, and held to it the last instances waited half an hour (30.3 minutes) while
+    # every minute missed more than starting them could waste (m-mid conversation 8,000, hour 146:
+    # 12.59 USD where three instances cost 4.22). Once the last minute has run above the hour's rate
+    # for a start-up plus a dwell, and the missed saving covers a wrong start, they start
+    v = _threshold_2()
+    rates = [v * 1.5] * 3600 + [v * 4.0] * 2400
+    targets = drive(build_policy("break_even"), rates, len(rates))
+    step = 3600 // 5
+    assert targets[step - 1] == 2
+    assert targets[step + 12 * 60 // 5] == 4
