@@ -12,7 +12,9 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   that count would have saved tick by tick (time it would not have pays the account down,
   never below zero), and starts instances once that account covers ``restart_weight`` ×
   their start-up billing (``startup_s`` that serves nothing). A burst too short to repay
-  a start starts nothing; a real ramp starts them within minutes;
+  a start starts nothing; a real ramp starts them within minutes. Past the first instance,
+  only for a rate the watched hour has seen, unless the need has lasted and missed what a
+  wrong start would waste (``_best_beyond_first``, ``_wrong_start``);
 * **down** by ski rental. Keeping an instance the forecast does not need costs
   ``waste`` USD/hour (its price minus the API spend it still saves); releasing it and
   needing it again costs a *restart*: ``startup_s`` of billing, the up account it must
@@ -319,7 +321,10 @@ class BreakEven:
         and after a quiet night the hour's rate says nothing about the morning. The hour is the
         part the gateway has watched (``longest.seconds``: a process that started 10 minutes ago
         has seen 10 minutes) since traffic was last below break-even (``busy``): after a gap of
-        an hour the return's own rate counts, not the gap's.
+        an hour the return's own rate counts, not the gap's. A new level at an hour's start is
+        no peak of minutes, but the hour's rate lags it: the plan loop lets such a need through
+        once it has lasted and missed enough (``_wrong_start``); the memo's ``over`` says since
+        when the last minute has run above the capped rate.
         None when the forecast is within that headroom (or the rule is off).
         """
         if self.hour_headroom <= 0 or current < 1:
@@ -359,12 +364,14 @@ class BreakEven:
 
         Their billing through the start-up and the dwell, then through the release's own ski rental: an
         account of ``restart_weight`` × a restart's risk, at least (1 + ``restart_weight``) start-ups'
-        billing. A peak above the watched hour's rate (``_best_beyond_first``) whose missed saving already
-        covers this starts them: ski rental again, so a peak of minutes costs at most this much more
-        than the best choice for it. Below it, peaks of minutes had started a second instance 48 times
-        in 14 days (conversation 2,500); without it, a new level at an hour's start went without the
-        instances it needed for 25 minutes (m-mid conversation 8,000, hour 146: 12.59 USD where three
-        instances cost 4.22).
+        billing. A need above the watched hour's rate (``_best_beyond_first``) starts them once its
+        missed saving covers this (ski rental again: a peak that ends then costs at most this much
+        more than the best choice for it) and the last minute has run above that rate for a start-up
+        plus a dwell (a peak of ten minutes at 1.5× the 1→2 threshold misses this much in six: the
+        instance would serve after it). Without the cap, peaks of minutes had started a second
+        instance 48 times in 14 days (conversation 2,500); without this escape, a new level at an
+        hour's start went without the instances it needed for 25 minutes (m-mid conversation
+        8,000, hour 146: 12.59 USD where three instances cost 4.22).
         """
         startup = spec.startup_for(current)
         held_s = startup + self.min_dwell_s + self.restart_weight * (1.0 + self.restart_weight) * startup
