@@ -218,7 +218,7 @@ class BreakEven:
                 if account > 0 and account >= self.restart_weight * start and k <= best_up:
                     up = k  # the largest qualifying count up to the cheapest
                 elif (best_up < k <= best and persisted >= spec.startup_for(current) + self.min_dwell_s
-                      and account >= self.restart_weight * self._wrong_start(spec, current, k)):
+                      and account > 0 and account >= self.restart_weight * self._wrong_start(spec, current, k)):
                     up = k  # past the hour's rate: a peak that has missed more than starting for it could waste
             else:
                 # a restart bills its start-up, needs its own account (another start-up's worth of
