@@ -102,6 +102,14 @@ class BreakEven:
                  min_dwell_s: float = 300.0, size_cv: float = 1.0,
                  peakedness: float = 1.0, min_mix_requests: int = 20, min_burst_requests: int = 200,
                  forecast_noise: float = 0.3, hour_headroom: float = 1.05):
+        given = locals()
+        for key in ("forecast_window_s", "restart_weight", "min_dwell_s", "size_cv", "peakedness", "min_mix_requests",
+                    "min_burst_requests", "forecast_noise", "hour_headroom"):
+            value = given[key]
+            # a string ("1e308" from YAML), a bool, NaN or infinity would pass or fail the range checks below
+            # by accident, or fail them with a Python comparison error instead of the parameter's name
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"break_even: parameter {key} must be a finite number, got {value!r}")
         checks = {
             "forecast_window_s": forecast_window_s > 0,
             "restart_weight": restart_weight >= 0, "min_dwell_s": min_dwell_s >= 0,

@@ -46,12 +46,21 @@ DEFAULT_POLICIES = ("break_even", "always_api", "fixed")
 
 
 def _value(text: str):
-    """``0.15`` → float, ``900`` → int, ``true`` → bool, anything else stays a string."""
+    """``0.15`` → float, ``900`` → int, ``true`` → bool, ``1e308`` or ``nan`` → float, anything else a string.
+
+    YAML reads ``1e308`` (no dot) as a string; a policy then named its parameter only in a Python
+    comparison error. As floats, the policy's own range check names it.
+    """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return value if isinstance(value, (int, float, bool, str)) else text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value if isinstance(value, (int, float, bool)) else text
 
 
 def _key_values(items: list[str], flag: str) -> dict:

@@ -248,6 +248,12 @@ def test_a_busy_spell_pays_the_idle_account_down():
 def test_bad_parameter_is_named():
     with pytest.raises(ValueError, match="restart_weight"):
         build_policy("break_even", {"restart_weight": -1})
+    # infinity passed the range checks (a forecast window of forever), and a string ("1e308", as YAML
+    # reads it) failed them with a Python comparison error that named no parameter
+    for key, value in (("restart_weight", float("nan")), ("forecast_window_s", float("inf")),
+                       ("min_dwell_s", "1e308"), ("hour_headroom", True)):
+        with pytest.raises(ValueError, match=f"parameter {key} must be a finite number"):
+            build_policy("break_even", {key: value})
     with pytest.raises(TypeError):
         build_policy("break_even", {"no_such_knob": 1})
 

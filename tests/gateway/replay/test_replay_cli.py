@@ -310,3 +310,13 @@ def test_make_trace_sizes_and_spans_it_cannot_build_exit_2(tmp_path, capsys, arg
     assert make_trace_main(["--tokens-from", "azure-conv", *args, "--out", str(out)]) == 2
     assert said in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("param", ["restart_weight=nan", "forecast_window_s=inf", "min_dwell_s=1e308x"])
+def test_a_policy_parameter_that_is_no_finite_number_is_named(files, capsys, param):
+    # "1e308x" stays a string; "nan" and "inf" are read as floats: each is named, not a comparison error
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--policy", "break_even", "--param", param, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"parameter {param.split('=')[0]} must be a finite number" in err
+    assert "not supported between" not in err
