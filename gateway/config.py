@@ -488,10 +488,33 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfi
         cost_map.forget()  # ~5 MB of prices for 4,800 models; the few in use are copied into the config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word: a second ``params:`` under ``routing``
+    (an edit pasted above the old line) silently replaced the first, and the gateway ran with
+    settings nobody could see in the file.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found {key!r} a second time (first at line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load(path: str, env: Mapping[str, str] | None) -> GatewayConfig:
     try:
         with open(path, "rb") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:

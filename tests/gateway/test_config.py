@@ -116,6 +116,18 @@ def test_prices_in_the_file_win_over_litellm(tmp_path):
     assert (p.input, p.output, p.cached_input, p.source) == (Decimal("0.2"), Decimal("0.8"), None, "config")
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys: a second params line pasted above the old one ran the
+    # gateway on the old settings with nothing in the file to say so
+    text = yaml.safe_dump(base()) + "routing:\n  policy: break_even\n  params: {restart_weight: 2}\n  params: {}\n"
+    message, path = config_error(tmp_path, text)
+    assert message.startswith(f"{path}: not valid YAML")
+    assert "found 'params' a second time (first at line" in message
+    # the same key in different mappings is no repeat ("type" in each backend, "backends" in each model)
+    cfg, _ = load_yaml(tmp_path, yaml.safe_dump(base()) + "routing:\n  policy: break_even\n  params: {restart_weight: 2}\n")
+    assert cfg.routing.params == {"restart_weight": 2}
+
+
 def test_config_objects_are_frozen():
     cfg = load_config(DEFAULT_CONFIG, env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
