@@ -488,6 +488,9 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfi
         cost_map.forget()  # ~5 MB of prices for 4,800 models; the few in use are copied into the config
 
 
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key given twice in one mapping.
 
@@ -499,6 +502,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == _YAML_MERGE:
+                continue  # ``<<: *defaults``: its keys may be overridden here, which is what it is for
             key = self.construct_object(key_node, deep=deep)
             try:
                 first = seen.setdefault(key, key_node)

@@ -14,6 +14,7 @@ from gateway.config import (
     OpenAIBackendConfig,
     SageMakerBackendConfig,
     _expand,
+    _UniqueKeyLoader,
     load_config,
     parse_config,
 )
@@ -126,6 +127,14 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     # the same key in different mappings is no repeat ("type" in each backend, "backends" in each model)
     cfg, _ = load_yaml(tmp_path, yaml.safe_dump(base()) + "routing:\n  policy: break_even\n  params: {restart_weight: 2}\n")
     assert cfg.routing.params == {"restart_weight": 2}
+    # nor is a key that overrides one merged from an anchor (the first version of this check could not
+    # read a merge key at all)
+    text = yaml.safe_dump(base()) + ("x-defaults: &defaults {policy: break_even, params: {restart_weight: 3}}\n"
+                                     "routing:\n  <<: *defaults\n  params: {restart_weight: 2}\n")
+    with pytest.raises(ConfigError, match="x-defaults"):  # an unknown top-level key, not a YAML error
+        load_yaml(tmp_path, text)
+    data = yaml.load(text, Loader=_UniqueKeyLoader)
+    assert data["routing"] == {"policy": "break_even", "params": {"restart_weight": 2}}
 
 
 def test_config_objects_are_frozen():
