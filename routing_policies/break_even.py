@@ -120,7 +120,7 @@ class BreakEven:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ValueError(f"break_even: parameter {key} out of range: {locals()[key]!r}")
+                raise ValueError(f"break_even: parameter {key} out of range: {given[key]!r}")
         self.forecast_window_s = float(forecast_window_s)
         self.restart_weight = float(restart_weight)
         self.min_dwell_s = float(min_dwell_s)
@@ -204,8 +204,11 @@ class BreakEven:
         memo: dict[str, float] = {"at": ctx.now_s, "level": level, "busy": busy}
         if measured_mix or "p_req" in ctx.memo:  # (a first handful, with no mix measured yet, is not kept)
             memo.update(p_req=mix.prompt_tokens_per_request, c_req=mix.completion_tokens_per_request)
-        beyond = self._best_beyond_first(ctx, spec, mix, longest, fore, load, busy, current, dispersion, memo)
-        # how long the last minute has run above the watched hour's rate (see _wrong_start)
+        cap = self._hour_cap(ctx, spec, longest, fore, busy, current)
+        beyond = self._best_beyond_first(spec, mix, cap, load, dispersion)
+        # since when the last minute has run above that cap: how long a need past it has lasted (_wrong_start)
+        if cap is not None and self._window_load(min(windows, key=lambda w: w.seconds), mix, spec) > cap:
+            memo["over"] = min(ctx.memo.get("over", ctx.now_s), ctx.now_s)
         persisted = ctx.now_s - memo.get("over", ctx.now_s)
         best_up = best if beyond is None else min(best, beyond)
         up = down = current
@@ -317,10 +320,21 @@ class BreakEven:
         """The mix (tokens per request) the previous decision priced with, carried in the memo."""
         return TrafficMix.from_totals(1.0, ctx.memo["p_req"], ctx.memo["c_req"], 3600.0, ctx.endpoint, ctx.api_prices)
 
-    def _best_beyond_first(self, ctx: CapacityContext, spec, mix: TrafficMix, longest: VolumeWindow,
-                           fore: VolumeWindow, load: float, busy: float, current: int, dispersion: float,
-                           memo: dict[str, float]) -> int | None:
-        """The cheapest count for a scale-up past the first instance: at a rate the hour has seen.
+    def _hour_cap(self, ctx: CapacityContext, spec, longest: VolumeWindow, fore: VolumeWindow, busy: float,
+                  current: int) -> float | None:
+        """The highest load (capacity tokens/hour) a scale-up past the first instance is priced at.
+
+        ``hour_headroom`` × the rate of the hour the gateway has watched; None when the rule is off or
+        no instance runs (see ``_best_beyond_first``).
+        """
+        if self.hour_headroom <= 0 or current < 1:
+            return None
+        watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
+        return self.hour_headroom * longest.capacity_tokens(spec) / watched * 3600.0
+
+    @staticmethod
+    def _best_beyond_first(spec, mix: TrafficMix, cap: float | None, load: float, dispersion: float) -> int | None:
+        """The cheapest count for a scale-up past the first instance: at a rate the hour has seen (``cap``).
 
         An added instance serves overflow, and overflow the watched hour's rate does not show
         (within ``hour_headroom``) is a peak of minutes: over by the time the instance is in
@@ -332,19 +346,12 @@ class BreakEven:
         an hour the return's own rate counts, not the gap's. A new level at an hour's start is
         no peak of minutes, but the hour's rate lags it: the plan loop lets such a need through
         once it has lasted and missed enough (``_wrong_start``); the memo's ``over`` says since
-        when the last minute has run above the capped rate.
-        None when the forecast is within that headroom (or the rule is off).
+        when the last minute has run above the cap.
+        None when the forecast is within that headroom (or the rule is off: ``cap`` None).
         """
-        if self.hour_headroom <= 0 or current < 1:
+        if cap is None or cap >= load:
             return None
-        watched = min(longest.seconds, max(ctx.now_s - busy, fore.seconds))
-        capped = self.hour_headroom * longest.capacity_tokens(spec) / watched * 3600.0
-        recent = min(ctx.windows, key=lambda w: w.seconds)
-        if self._window_load(recent, mix, spec) > capped:
-            memo["over"] = min(ctx.memo.get("over", ctx.now_s), ctx.now_s)
-        if capped >= load:
-            return None
-        costs = costs_by_instances(spec, mix, capped, dispersion)
+        costs = costs_by_instances(spec, mix, cap, dispersion)
         return spec.min_instances + min(range(len(costs)), key=lambda i: (costs[i], i))
 
     def _steady_window(self, windows: tuple[VolumeWindow, ...], fore: VolumeWindow, dispersion: float,
@@ -391,8 +398,9 @@ class BreakEven:
 
 
 # memo keys that are no count's account: the last tick's time, the level traffic returns at, busy
-# since, and the last mix measured on enough requests (prompt and completion tokens per request), to
-# price an hour without traffic or a trickle at
+# since, the last mix measured on enough requests (prompt and completion tokens per request), to
+# price an hour without traffic or a trickle at, and since when the last minute has run above the
+# hour's cap
 _NOT_ACCOUNTS = frozenset(("at", "level", "busy", "p_req", "c_req", "over"))
 
 
