@@ -26,9 +26,9 @@ burstiness measured from the traffic itself (``LoadMoments``), and two rules for
   extra instances cost beyond what they saved, tick by tick (time it is needed pays the
   account down, never below zero; down to one instance or more, the saving is priced over
   the hour's levels too, for the same reason), and releases them once it reaches ``restart_weight`` ×
-  the restart cost, unless the last minute says the current count is needed (the traffic
-  is back while the forecast window still reads the gap). An instance that will be needed
-  again soon is kept through the gap;
+  the restart cost, on a tick where keeping them costs more, unless the last minute says the
+  current count is needed (the traffic is back while the forecast window still reads the
+  gap). An instance that will be needed again soon is kept through the gap;
   traffic that stays below break-even on balance, however bursty, releases it.
 
 Worst case (``restart_weight`` 1, the deterministic break-even rule of ski rental): over
@@ -239,6 +239,10 @@ class BreakEven:
                 risk = (start * (1.0 + self.restart_weight)
                         + max(0.0, again[k - lo] - again[current - lo]) * lost_s / 3600.0)  # USD
                 if (down == current and account > 0 and account >= self.restart_weight * risk
+                        # only while keeping costs more: an account ripe from a gap is not spent on the tick the
+                        # traffic is back, when the shorter forecast window prices the restart lower (m-mid code
+                        # arrivals at 4,000 req/h: released three minutes into a return, started cold three later)
+                        and c[current - lo] > c[k - lo]
                         and not self._needed_now(ctx, fore, mix, dispersion, current, k)):
                     down = k  # the smallest qualifying count
         details["accounts_usd"] = {k: v for k, v in memo.items() if k not in _NOT_ACCOUNTS}
