@@ -14,10 +14,16 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
+import zlib
 from array import array
 from dataclasses import dataclass
 
 COLUMNS = ("arrival_s", "prompt_tokens", "completion_tokens")
+
+# the replay ticks every few seconds from 0 to the last arrival, whatever the number of requests: a
+# two-row trace in Unix time (1.7e9 s) ran out of memory, and one at 1e7 s still ran after 90 s
+MAX_ARRIVAL_S = 31 * 86400.0
 
 
 class TraceError(ValueError):
@@ -60,7 +66,8 @@ def _open_text(path: str):
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     raw = gzip.open(path, "rb") if gz else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 def read_trace(path: str) -> Trace:
@@ -79,16 +86,21 @@ def read_trace(path: str) -> Trace:
             rows = [r for r in reader if r]
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as e:
+    except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise TraceError(f"{path}: not a readable CSV: {e}") from None
     try:
         arrival = array("d", [float(r[ia]) for r in rows])
         prompt = array("q", [int(r[ip]) for r in rows])
         completion = array("q", [int(r[ic]) for r in rows])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):
         raise TraceError(_first_bad_row(path, rows, (ia, ip, ic))) from None
     if min(prompt, default=0) < 0 or min(completion, default=0) < 0:
         raise TraceError(f"{path}: negative token counts")
+    bad = next((n for n, t in enumerate(arrival, start=2) if not 0.0 <= t <= MAX_ARRIVAL_S), None)  # also NaN
+    if bad is not None:
+        raise TraceError(f"{path}: line {bad}: arrival_s is seconds from the trace's start, 0 to "
+                         f"{MAX_ARRIVAL_S:.0f} ({MAX_ARRIVAL_S / 86400:.0f} days), got {rows[bad - 2][ia].strip()[:40]!r}"
+                         + (" (subtract the first arrival time)" if math.isfinite(arrival[bad - 2]) else ""))
     if any(arrival[i] > arrival[i + 1] for i in range(len(arrival) - 1)):
         order = sorted(range(len(arrival)), key=arrival.__getitem__)
         arrival = array("d", (arrival[i] for i in order))
@@ -101,9 +113,10 @@ def _first_bad_row(path: str, rows: list, idx: tuple[int, int, int]) -> str:
     ia, ip, ic = idx
     for n, r in enumerate(rows, start=2):  # line numbers ignore blank lines
         try:
-            float(r[ia]), int(r[ip]), int(r[ic])
-        except (ValueError, IndexError):
-            return f"{path}: line {n}: expected arrival_s (float), prompt_tokens and completion_tokens (int), got {','.join(r)!r}"
+            float(r[ia]), array("q", [int(r[ip]), int(r[ic])])
+        except (ValueError, IndexError, OverflowError):
+            return (f"{path}: line {n}: expected arrival_s (float), prompt_tokens and completion_tokens "
+                    f"(integers below 2^63), got {','.join(r)[:200]!r}")
     return f"{path}: unreadable row"
 
 

@@ -35,6 +35,33 @@ def test_errors_name_the_file_and_line(tmp_path):
         read_trace(str(tmp_path / "nope.csv"))
 
 
+@pytest.mark.parametrize("row, message", [
+    ("nan,10,5", r"line 3: arrival_s is seconds from the trace's start.*'nan'"),  # crashed the bucket loads
+    ("-inf,10,5", r"line 3: .*'-inf'"),
+    ("-5,10,5", r"line 3: .*'-5' \(subtract the first arrival time\)"),  # an index out of range in the optimum
+    ("1700000000,10,5", r"line 3: .*'1700000000' \(subtract"),  # Unix time: out of memory after 26 s
+    ("1,99999999999999999999,5", r"line 3: .*integers below 2\^63"),  # an OverflowError
+])
+def test_arrival_times_and_token_counts_the_replay_cannot_take_are_refused(tmp_path, row, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"arrival_s,prompt_tokens,completion_tokens\n0,10,5\n{row}\n")
+    with pytest.raises(TraceError, match=message):
+        read_trace(str(bad))
+
+
+def test_a_corrupt_gzip_and_a_byte_order_mark(tmp_path):
+    body = bytearray(gzip.compress(b"arrival_s,prompt_tokens,completion_tokens\n0,10,5\n1,20,5\n"))
+    for i in range(12, len(body) - 8):  # the deflate stream garbled, the header intact
+        body[i] ^= 0x55
+    corrupt = tmp_path / "corrupt.csv.gz"
+    corrupt.write_bytes(bytes(body))
+    with pytest.raises(TraceError, match="corrupt.csv.gz: not a readable CSV"):  # was a zlib.error traceback
+        read_trace(str(corrupt))
+    bom = tmp_path / "bom.csv"  # as a spreadsheet saves it: the mark was read as part of 'arrival_s'
+    bom.write_bytes(b"\xef\xbb\xbfarrival_s,prompt_tokens,completion_tokens\n0,10,5\n")
+    assert list(read_trace(str(bom)).prompt_tokens) == [10]
+
+
 def test_write_then_read_round_trips(tmp_path):
     t = Trace.from_rows([(0.0, 1, 2), (1.123456, 3, 4)])
     for name in ("t.csv", "t.csv.gz"):
