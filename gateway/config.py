@@ -187,6 +187,41 @@ class GatewayConfig:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# a config is a page or two of YAML; aliases can make a few KB of it stand for 10^8 values, which
+# expanding (below) would copy one by one: a 4 KB file held check-config for minutes
+MAX_CONFIG_VALUES = 100_000
+
+
+def _checked_tree(data: Any, file: str) -> None:
+    """Refuse mapping keys that are not strings, and a document that expands to more than MAX_CONFIG_VALUES.
+
+    YAML reads an unquoted ``no:``, ``1:`` or ``~:`` as a bool, an int or None: as a key here it can
+    only be a mistake, and it made the error messages themselves fail. Shared (aliased) nodes are
+    sized once, so the check takes the file's own size, not its expansion's.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, where: str) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        total = 1
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise ConfigError(f"{file}: {where + '.' if where else ''}{k!r}: a key must be a string "
+                                      f"(YAML reads unquoted yes/no, numbers and ~ as other types: quote it)")
+                total += size(v, f"{where}.{k}" if where else k)
+        elif isinstance(node, list):
+            total += sum(size(v, where) for v in node)
+        sizes[id(node)] = total
+        if total > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{file}: {where or 'the document'}: expands to more than {MAX_CONFIG_VALUES:,} "
+                              f"values (through YAML aliases?)")
+        return total
+
+    size(data, "")
+
+
 def _expand(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
         return _ENV_REF.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
@@ -195,6 +230,9 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_expand(v, env) for v in value]
     return value
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 class _Reader:
@@ -220,16 +258,25 @@ class _Reader:
             return default
         try:
             if kind is bool:
-                value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+                # a typo must not read as false: 'dry_run: ture' switched real endpoint changes on
+                value = raw if isinstance(raw, bool) else _BOOL_WORDS[str(raw).strip().lower()]
             elif kind is Decimal:
                 value = Decimal(str(raw))
-            elif kind in (int, float):
-                value = kind(raw)
+            elif kind is int:
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError("not a whole number")  # int(0.5) is 0, int(True) is 1
+                value = int(raw)
+            elif kind is float:
+                if isinstance(raw, bool):
+                    raise ValueError("a boolean")
+                value = float(raw)
             else:
+                if isinstance(raw, (dict, list)):
+                    raise ValueError("a mapping or list")  # str() of it would pass as a name or a URL
                 value = kind(raw)
             if kind in (float, Decimal) and not math.isfinite(value):
                 raise ValueError("not finite")  # NaN would slip past every minimum check
-        except (TypeError, ValueError, InvalidOperation):
+        except (TypeError, ValueError, OverflowError, KeyError, InvalidOperation):
             raise self.error(key, f"expected {kind.__name__}, got {raw!r}") from None
         if choices is not None and value not in choices:
             raise self.error(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -395,6 +442,7 @@ def _check_policy(rr: "_Reader", routing: RoutingConfig) -> None:
 
 def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
     env = os.environ if env is None else env
+    _checked_tree(data, path)
     root = _Reader(_expand(data, env), "", path)
     backends = _backends(root.sub("backends"), env)
     models = _models(root.sub("models"), backends)
@@ -430,6 +478,14 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     )
     if state.redis_cluster and not state.redis_url:
         raise sr.error("redis_cluster", "needs state.redis_url (one node of the cluster)")
+    if state.redis_url:
+        try:
+            url = urlsplit(state.redis_url)
+            url.port  # noqa: B018  (parses the port: ValueError if it is no number)
+        except ValueError as e:  # the message names the part, never the URL (it may hold a password)
+            raise sr.error("redis_url", f"not a URL: {e}") from None
+        if url.scheme not in ("redis", "rediss", "unix"):
+            raise sr.error("redis_url", f"expected a redis://, rediss:// or unix:// URL, got scheme {url.scheme!r}")
     if state.redis_cluster and urlsplit(state.redis_url).path.strip("/") not in ("", "0"):
         raise sr.error("redis_url", "a Redis Cluster has only database 0 (end the URL in /0 or nothing)")
     sr.reject_unknown()

@@ -1,6 +1,8 @@
 """Policies that ignore the economics: baselines for replay and safe defaults."""
 from __future__ import annotations
 
+import math
+
 from typing import ClassVar
 
 from .base import API, CapacityContext, CapacityDecision, Decision, RequestContext, register
@@ -68,7 +70,9 @@ class FixedInstances:
     name: ClassVar[str] = "fixed"
 
     def __init__(self, instances: int = 1):
-        if int(instances) != instances or instances < 0:
+        # (an infinite count made int() raise OverflowError, a traceback instead of this message)
+        if isinstance(instances, bool) or not isinstance(instances, (int, float)) or not math.isfinite(instances) \
+                or int(instances) != instances or instances < 0:
             raise ValueError(f"fixed: parameter instances out of range: {instances!r}")
         self.instances = int(instances)
 

@@ -252,12 +252,49 @@ def _with(data: dict, value, *path: str) -> dict:
     (_with(base(), "cheapest_wins", "routing", "policy"), "routing.policy", "must be one of"),
     (_with(base(), [{"backend": "api", "model": "my-private-model"}], "models", "gpt-4o-mini", "backends"),
      "backends.api.prices.my-private-model", "required"),
+    # found by an adversarial probe: a typo read as false switched real endpoint changes on
+    (_with(base(), "ture", "routing", "dry_run"), "routing.dry_run", "expected bool, got 'ture'"),
+    (_with(base(), float("inf"), "backends", "sm", "max_instances"), "backends.sm.max_instances",
+     "expected int, got inf"),  # was an OverflowError traceback
+    (_with(base(), 0.5, "backends", "sm", "context_window"), "backends.sm.context_window",
+     "expected int, got 0.5"),  # was read as 0
+    (_with(base(), True, "backends", "sm", "max_instances"), "backends.sm.max_instances", "expected int"),
+    (_with(base(), [1], "backends", "sm", "region"), "backends.sm.region", "expected str, got [1]"),
+    (_with(base(), "redis://[::1", "state", "redis_url"), "state.redis_url", "not a URL"),  # was a ValueError
+    (_with(base(), "http://cache:6379", "state", "redis_url"), "state.redis_url", "redis://"),
 ])
 def test_errors_name_file_and_key(tmp_path, data, key, reason):
     message, path = config_error(tmp_path, data)
     assert message.startswith(f"{path}: ")
     assert f"{key}: " in message
     assert reason in message
+
+
+@pytest.mark.parametrize("text", ["off", "false", "no", "0"])
+def test_a_boolean_from_the_environment_reads_its_word(tmp_path, text):
+    cfg, _ = load_yaml(tmp_path, _with(base(), "${DRY}", "routing", "dry_run"), env={"DRY": text})
+    assert cfg.routing.dry_run is False
+    cfg, _ = load_yaml(tmp_path, _with(base(), "${DRY}", "routing", "dry_run"), env={"DRY": "on"})
+    assert cfg.routing.dry_run is True
+
+
+@pytest.mark.parametrize("yaml_key, shown", [("1", "server.1"), ("yes", "server.True"), ("~", "server.None")])
+def test_a_key_that_yaml_reads_as_no_string_is_named(tmp_path, yaml_key, shown):
+    # the message builder itself failed on them (a TypeError joining the key path)
+    text = yaml.safe_dump(base()) + f"server:\n  {yaml_key}: 2\n"
+    message, path = config_error(tmp_path, text)
+    assert message.startswith(f"{path}: {shown}: a key must be a string")
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # 4 KB of YAML standing for 10^8 values: expanding it held check-config for minutes
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefgh"):
+        prev = "a" if i == 0 else "bcdefgh"[i - 1]
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(base())
+    message, path = config_error(tmp_path, text)
+    assert message.startswith(f"{path}: ") and "expands to more than 100,000 values" in message
 
 
 def test_backend_name_with_slash_is_rejected(tmp_path):

@@ -64,3 +64,10 @@ def test_fixed_keeps_its_count_within_bounds():
     assert build_policy("fixed").route(req()).backend == "sagemaker"
     with pytest.raises(ValueError, match="instances"):
         build_policy("fixed", {"instances": -1})
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), -1, 1.5, "two", True])
+def test_fixed_refuses_a_count_that_is_not_one_with_its_name(bad):
+    # infinity made int() raise OverflowError: a traceback from `replay --param instances=inf`
+    with pytest.raises(ValueError, match="fixed: parameter instances out of range"):
+        build_policy("fixed", {"instances": bad})
