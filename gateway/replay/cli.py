@@ -13,7 +13,7 @@ Examples::
         --seed 1 --out conv-14d.csv.gz
     gateway replay --trace conv-14d.csv.gz --config config.yaml
     gateway replay --trace conv-14d.csv.gz --policy break_even --policy always_api --json
-    gateway replay --trace conv-14d.csv.gz --sweep hysteresis=0.05,0.15,0.3 --sweep min_dwell_s=300,900
+    gateway replay --trace conv-14d.csv.gz --sweep restart_weight=0.5,1,2 --sweep min_dwell_s=300,900
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .optimum import floor_with
 from .report import TextProgress, render_json, render_text, summarize
 from .runs import run_all
 from .simulator import ReplaySetup, default_horizon, setup_from_config
-from .synth import read_hourly, synthesize, synthesize_from_arrivals
+from .synth import MAX_SHAPE_HOURS, read_hourly, synthesize, synthesize_from_arrivals
 from .trace import TraceError, read_trace, write_trace
 
 
@@ -67,8 +67,8 @@ def _key_values(items: list[str], flag: str) -> dict:
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value
     return out
 
@@ -86,6 +86,28 @@ def _params_for(name: str, cfg, overrides: dict) -> dict:
     return params
 
 
+def _check_overrides(policies: list[str] | None, overrides: dict, sweep: dict, setup: ReplaySetup) -> None:
+    """Refuse ``--param``/``--sweep`` that would be dropped or mislabelled without a word (ValueError)."""
+    from routing_policies.base import policy_parameters
+
+    if sweep and policies and len(policies) > 1:
+        raise ValueError(f"--sweep replays one policy, got --policy {' --policy '.join(policies)}")
+    names = (policies or (["break_even"] if sweep else list(DEFAULT_POLICIES)))[: 1 if sweep else None]
+    for flag, keys in (("--param", overrides), ("--sweep", sweep)):
+        for key in keys:
+            if not any(key in policy_parameters(n) for n in names):
+                takes = "; ".join(f"{n} takes {', '.join(policy_parameters(n)) or 'none'}" for n in names)
+                raise ValueError(f"{flag} {key}: no policy replayed takes it ({takes})")
+    for key, values in sweep.items():
+        if not values:
+            raise ValueError(f"--sweep {key}: expected one or more values, comma-separated")
+    lo, hi = setup.endpoint.instance_bounds
+    for n in (v for v in [overrides.get("instances"), *sweep.get("instances", [])] if v is not None):
+        # a count past the bounds ran the bound's count under the asked count's label (fixed_10 ran 4)
+        if not (isinstance(n, (int, float)) and not isinstance(n, bool) and lo <= n <= hi):
+            raise ValueError(f"instances: expected a count within the endpoint's bounds {lo}-{hi}, got {n!r}")
+
+
 def parse_api_prices(text: str) -> TokenPrices:
     """``--api-prices INPUT,OUTPUT[,CACHED_INPUT]`` in USD per 1M tokens → TokenPrices (USD per token).
 
@@ -96,9 +118,10 @@ def parse_api_prices(text: str) -> TokenPrices:
         values = [Decimal(p.strip()) for p in text.split(",")]
     except InvalidOperation:
         values = []
-    if len(values) not in (2, 3) or not all(v.is_finite() and v >= 0 for v in values):
+    # (at most a million USD per 1M tokens: 1e400 is a finite Decimal and an infinite float, spends of inf and NaN)
+    if len(values) not in (2, 3) or not all(v.is_finite() and 0 <= v <= 1_000_000 for v in values):
         raise ValueError(f"--api-prices: expected INPUT,OUTPUT[,CACHED_INPUT] in USD per 1M tokens, "
-                         f"each a number >= 0 (e.g. 2.50,10.00), got {text!r}")
+                         f"each a number from 0 to 1,000,000 (e.g. 2.50,10.00), got {text!r}")
     return token_prices(PriceSpec(*values, source="--api-prices"))
 
 
@@ -210,6 +233,10 @@ def replay_main(argv: list[str]) -> int:
             raise ValueError(f"--jobs: expected 1 or more worker processes, got {args.jobs}")
         if args.initial_instances is not None:
             setup = dataclasses.replace(setup, initial_instances=initial_instances(args.initial_instances, setup))
+        overrides = {k: _value(v) for k, v in _key_values(args.param, "--param").items()}
+        sweep = {k: [_value(x) for x in v.split(",") if x.strip()]
+                 for k, v in _key_values(args.sweep, "--sweep").items()}
+        _check_overrides(args.policy, overrides, sweep, setup)
         trace = read_trace(bundled.trace_path(args.trace))
     except (ConfigError, TraceError, ValueError) as e:
         print(f"gateway replay: {e}", file=sys.stderr)
@@ -217,8 +244,6 @@ def replay_main(argv: list[str]) -> int:
     if len(trace) == 0:
         print(f"gateway replay: {args.trace}: no requests", file=sys.stderr)
         return 2
-    overrides = {k: _value(v) for k, v in _key_values(args.param, "--param").items()}
-    sweep = {k: [_value(x) for x in v.split(",") if x.strip()] for k, v in _key_values(args.sweep, "--sweep").items()}
     show = args.progress if args.progress is not None else sys.stderr.isatty()
 
     runs: list[tuple[str, dict]] = []
@@ -293,9 +318,18 @@ def make_trace_main(argv: list[str]) -> int:
     except TraceError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2
+    for flag, value in (("--burst-mean", args.burst_mean), ("--burst-spread", args.burst_spread)):
+        if not (math.isfinite(value) and 0 < value <= 1e6):  # NaN read as 1, infinity built no requests
+            print(f"gateway make-trace: {flag}: expected a number above 0 and at most 1e6, got {value:g}",
+                  file=sys.stderr)
+            return 2
+    if args.days is not None and not (math.isfinite(args.days) and args.days * 24 <= MAX_SHAPE_HOURS):
+        # (1e308 days raised OverflowError)
+        print(f"gateway make-trace: --days: expected at most {MAX_SHAPE_HOURS // 24} days, got {args.days:g}",
+              file=sys.stderr)
+        return 2
     hours = args.hours if args.hours is not None else (
-        (round(args.days * 24) if math.isfinite(args.days) else 0) if args.days is not None
-        else len(hourly) - args.start_hour)
+        round(args.days * 24) if args.days is not None else len(hourly) - args.start_hour)
     # a negative start or length sliced the shape from its end (--days -1 built 312 hours)
     shape = hourly[args.start_hour:args.start_hour + hours] if args.start_hour >= 0 and hours > 0 else []
     if not shape or (pairs is not None and not pairs) or (arrivals is not None and not len(arrivals)):
@@ -320,7 +354,15 @@ def make_trace_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"gateway make-trace: {e}", file=sys.stderr)
         return 2
-    write_trace(args.out, trace)
+    if not len(trace):
+        print("gateway make-trace: the trace would hold no requests (the size asked is below one request in "
+              "the whole span)", file=sys.stderr)
+        return 2
+    try:
+        write_trace(args.out, trace)
+    except OSError as e:  # a directory, a missing folder, a full disk
+        print(f"gateway make-trace: --out {args.out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"{args.out}: {len(trace):,} requests over {len(shape)} h "
           f"({len(trace) / len(shape):,.0f} req/h mean), seed {args.seed}")
     return 0

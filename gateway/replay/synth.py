@@ -38,10 +38,15 @@ from array import array
 from .trace import Trace, TraceError
 
 
+# a year of hours: more than any shape a replay can take (traces end within MAX_ARRIVAL_S)
+MAX_SHAPE_HOURS = 366 * 24
+
+
 def read_hourly(path: str, model: str | None = None) -> list[float]:
     """Requests per hour, hour 0 first, for ``model`` (the file's first model when None)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = {"model", "hour", "requests"} - set(reader.fieldnames or ())
             if missing:
@@ -49,6 +54,8 @@ def read_hourly(path: str, model: str | None = None) -> list[float]:
             rows = list(reader)
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:  # (a gzipped file reads as such)
+        raise TraceError(f"{path}: not a readable CSV: {e}") from None
     if not rows:
         raise TraceError(f"{path}: no rows")
     model = model or rows[0]["model"]
@@ -57,9 +64,16 @@ def read_hourly(path: str, model: str | None = None) -> list[float]:
         if row["model"] != model:
             continue
         try:
-            by_hour[int(row["hour"])] = float(row["requests"])
-        except ValueError:
+            hour, requests = int(row["hour"]), float(row["requests"])
+        except (TypeError, ValueError):  # (TypeError: a short row's missing field is None)
             raise TraceError(f"{path}: line {n}: hour and requests must be numbers") from None
+        # an hour of 10^8 built a list of 10^8 hours; NaN, infinite or negative requests built an empty
+        # hour, a size error that blamed --scale, or lowered the hours around it
+        if not 0 <= hour < MAX_SHAPE_HOURS:
+            raise TraceError(f"{path}: line {n}: hour must be 0 to {MAX_SHAPE_HOURS - 1}, got {hour}")
+        if not (math.isfinite(requests) and requests >= 0):
+            raise TraceError(f"{path}: line {n}: requests must be a number >= 0, got {row['requests']!r}")
+        by_hour[hour] = requests
     if not by_hour:
         models = sorted({r["model"] for r in rows})
         raise TraceError(f"{path}: no rows for model {model!r} (have: {', '.join(models)})")

@@ -1,6 +1,7 @@
 """``gateway replay`` / ``gateway make-trace`` as command functions, on a tiny config and trace."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -298,7 +299,12 @@ def test_an_optimum_interval_outside_its_range_exits_2(files, capsys, interval):
 
 @pytest.mark.parametrize("args, said", [
     (["--days", "-1", "--mean-per-hour", "10"], "nothing to build"),  # sliced the shape from its end: 312 hours
-    (["--days", "nan", "--mean-per-hour", "10"], "nothing to build"),
+    (["--days", "nan", "--mean-per-hour", "10"], "--days: expected at most 366 days"),
+    (["--days", "1e308", "--mean-per-hour", "10"], "--days: expected at most 366 days"),  # an OverflowError
+    (["--hours", "2", "--scale", "1e-300"], "no requests"),  # wrote an empty trace the replay refuses
+    (["--hours", "2", "--mean-per-hour", "10", "--burst-mean", "nan"], "--burst-mean: expected"),  # read as 1
+    (["--hours", "2", "--mean-per-hour", "10", "--burst-mean", "3", "--burst-spread", "inf"],
+     "--burst-spread: expected"),  # built no requests
     (["--hours", "2", "--mean-per-hour", "10", "--start-hour", "-5"], "nothing to build"),
     (["--hours", "2", "--mean-per-hour", "nan"], "--mean-per-hour: expected a positive number"),  # built 0 requests
     (["--hours", "2", "--peak-per-hour", "0"], "--peak-per-hour: expected a positive number"),
@@ -310,6 +316,51 @@ def test_make_trace_sizes_and_spans_it_cannot_build_exit_2(tmp_path, capsys, arg
     assert make_trace_main(["--tokens-from", "azure-conv", *args, "--out", str(out)]) == 2
     assert said in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_make_trace_says_when_it_cannot_write_its_output(tmp_path, capsys):
+    # a directory, or a folder that does not exist: an OSError traceback
+    for out in (tmp_path, tmp_path / "no" / "t.csv"):
+        assert make_trace_main(["--tokens-from", "azure-conv", "--hours", "1", "--mean-per-hour", "10",
+                                "--out", str(out)]) == 2
+        assert f"--out {out}: cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows, said", [
+    ("m,100000000,100\n", "hour must be 0 to 8783"),  # built a list of 10^8 hours: a hang
+    ("m,0,nan\n", "requests must be a number >= 0"),  # an empty hour without a word
+    ("m,0,-5\n", "requests must be a number >= 0"),
+    ("m,0\n", "hour and requests must be numbers"),  # a short row: a TypeError
+])
+def test_an_hourly_shape_it_cannot_use_exits_2(tmp_path, capsys, rows, said):
+    shape = tmp_path / "shape.csv"
+    shape.write_text("model,hour,requests\n" + rows)
+    assert make_trace_main(["--hourly", str(shape), "--tokens-from", "azure-conv", "--mean-per-hour", "10",
+                            "--out", str(tmp_path / "t.csv")]) == 2
+    assert said in capsys.readouterr().err
+    gz = tmp_path / "shape.csv.gz"
+    gz.write_bytes(gzip.compress(b"model,hour,requests\nm,0,5\n"))  # a UnicodeDecodeError traceback
+    assert make_trace_main(["--hourly", str(gz), "--tokens-from", "azure-conv", "--mean-per-hour", "10",
+                            "--out", str(tmp_path / "t.csv")]) == 2
+    assert "not a readable CSV" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--param", "=1"], "--param expects KEY=VALUE"),  # exit 1, without the command's name
+    (["--sweep", "noequals"], "--sweep expects KEY=VALUE"),
+    (["--param", "hysteresis=0.1"], "--param hysteresis: no policy replayed takes it"),  # dropped without a word
+    (["--sweep", "forecast_window_s="], "--sweep forecast_window_s: expected one or more values"),  # no runs
+    (["--policy", "always_api", "--policy", "fixed", "--sweep", "instances=1,2"],
+     "--sweep replays one policy"),  # swept break_even instead
+    (["--policy", "fixed", "--param", "instances=10"], "bounds 0-1, got 10"),  # ran 1 under the label fixed_10
+    (["--policy", "fixed", "--param", "instances=inf"], "bounds 0-1, got inf"),  # an OverflowError
+    (["--api-prices", "1e400,1"], "each a number from 0 to 1,000,000"),  # spent inf, a ratio of NaN
+])
+def test_replay_flags_that_would_be_dropped_or_mislabelled_exit_2(files, capsys, args, said):
+    assert replay_main(["--trace", str(files / "trace.csv"), "--config", str(files / "config.yaml"),
+                        "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gateway replay: ") and said in err
 
 
 @pytest.mark.parametrize("param", ["restart_weight=nan", "forecast_window_s=inf", "min_dwell_s=1e308x"])
