@@ -249,7 +249,8 @@ class _Reader:
     def error(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.file}: {'.'.join(p for p in (self.where, key) if p)}: {reason}")
 
-    def get(self, key: str, kind: type, default: Any = ..., choices: tuple | None = None, minimum=None):
+    def get(self, key: str, kind: type, default: Any = ..., choices: tuple | None = None, minimum=None,
+            maximum=None):
         self.used.add(key)
         raw = self.data.get(key)
         if raw is None or raw == "":
@@ -282,6 +283,8 @@ class _Reader:
             raise self.error(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be <= {maximum:,}, got {value!r}")
         return value
 
     def sub(self, key: str) -> "_Reader":
@@ -294,11 +297,19 @@ class _Reader:
             raise self.error(unknown[0], "unknown key")
 
 
+# USD per 1M tokens or per instance-hour: far above any real price, and below where a spend in
+# floats stops being a number (1e300 printed hundreds of digits; 1e400 is a finite Decimal, an
+# infinite float)
+MAX_USD = 1_000_000
+# one endpoint's instance bound: the replay's optimum is quadratic in it (2,500 took 51 s on two requests)
+MAX_INSTANCES = 100
+
+
 def _prices(r: _Reader) -> PriceSpec:
     spec = PriceSpec(
-        input=r.get("input", Decimal, minimum=0),
-        output=r.get("output", Decimal, minimum=0),
-        cached_input=r.get("cached_input", Decimal, None, minimum=0),
+        input=r.get("input", Decimal, minimum=0, maximum=MAX_USD),
+        output=r.get("output", Decimal, minimum=0, maximum=MAX_USD),
+        cached_input=r.get("cached_input", Decimal, None, minimum=0, maximum=MAX_USD),
     )
     r.reject_unknown()
     return spec
@@ -337,13 +348,13 @@ def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
         endpoint_name=r.get("endpoint_name", str),
         region=r.get("region", str),
         instance_type=r.get("instance_type", str),
-        hourly_price_usd=r.get("hourly_price_usd", Decimal, minimum=0),
+        hourly_price_usd=r.get("hourly_price_usd", Decimal, minimum=0, maximum=MAX_USD),
         max_tokens_per_second=r.get("max_tokens_per_second", float, minimum=0.001),
         context_window=r.get("context_window", int, minimum=1),
-        prompt_token_weight=r.get("prompt_token_weight", float, 0.0, minimum=0),
+        prompt_token_weight=r.get("prompt_token_weight", float, 0.0, minimum=0, maximum=100),
         assumed_instances=count,
         min_instances=r.get("min_instances", int, 0, minimum=0),
-        max_instances=r.get("max_instances", int, max(1, count), minimum=1),
+        max_instances=r.get("max_instances", int, max(1, count), minimum=1, maximum=MAX_INSTANCES),
         startup_s=r.get("startup_s", float, 300.0, minimum=0),
         startup_from_zero_s=r.get("startup_from_zero_s", float, None, minimum=0),
         inference_component_name=r.get("inference_component_name", str, None) or None,
@@ -359,6 +370,8 @@ def _sagemaker_backend(name: str, r: _Reader) -> SageMakerBackendConfig:
     )
     if cfg.min_instances > cfg.max_instances:
         raise r.error("min_instances", f"is above max_instances ({cfg.max_instances})")
+    if cfg.assumed_instances > cfg.max_instances:
+        raise r.error("assumed_instances", f"is above max_instances ({cfg.max_instances})")
     r.get("type", str)
     r.reject_unknown()
     return cfg
@@ -493,7 +506,7 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
     vr = root.sub("server")
     server = ServerConfig(
         host=vr.get("host", str, "127.0.0.1"),
-        port=vr.get("port", int, 8080, minimum=0),
+        port=vr.get("port", int, 8080, minimum=0, maximum=65535),
         workers=vr.get("workers", int, 1, minimum=1),
         access_log=vr.get("access_log", bool, True),
         header_timeout_s=vr.get("header_timeout_s", float, 10.0, minimum=0.1),

@@ -262,6 +262,16 @@ def _with(data: dict, value, *path: str) -> dict:
     (_with(base(), [1], "backends", "sm", "region"), "backends.sm.region", "expected str, got [1]"),
     (_with(base(), "redis://[::1", "state", "redis_url"), "state.redis_url", "not a URL"),  # was a ValueError
     (_with(base(), "http://cache:6379", "state", "redis_url"), "state.redis_url", "redis://"),
+    (_with(base(), 1e300, "backends", "sm", "hourly_price_usd"), "backends.sm.hourly_price_usd",
+     "must be <= 1,000,000"),  # spends of hundreds of digits
+    (_with(base(), 1e300, "backends", "sm", "prompt_token_weight"), "backends.sm.prompt_token_weight",
+     "must be <= 100"),  # an OverflowError in the replay's bucket loads
+    (_with(base(), 2500, "backends", "sm", "max_instances"), "backends.sm.max_instances",
+     "must be <= 100"),  # the replay's optimum took 51 s on two requests
+    (_with(_with(base(), 4, "backends", "sm", "max_instances"), 9, "backends", "sm", "assumed_instances"),
+     "backends.sm.assumed_instances",
+     "above max_instances"),
+    (_with(base(), 99999, "server", "port"), "server.port", "must be <= 65,535"),
 ])
 def test_errors_name_file_and_key(tmp_path, data, key, reason):
     message, path = config_error(tmp_path, data)
