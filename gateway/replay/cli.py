@@ -37,7 +37,7 @@ from .report import TextProgress, render_json, render_text, summarize
 from .runs import run_all
 from .simulator import ReplaySetup, default_horizon, setup_from_config
 from .synth import MAX_SHAPE_HOURS, read_hourly, synthesize, synthesize_from_arrivals
-from .trace import TraceError, read_trace, write_trace
+from .trace import MAX_ARRIVAL_S, TraceError, read_trace, write_trace
 
 
 # the policy and the baselines an operator would weigh it against; always_selfhosted is fixed_<max>
@@ -334,6 +334,10 @@ def make_trace_main(argv: list[str]) -> int:
     shape = hourly[args.start_hour:args.start_hour + hours] if args.start_hour >= 0 and hours > 0 else []
     if not shape or (pairs is not None and not pairs) or (arrivals is not None and not len(arrivals)):
         print("gateway make-trace: nothing to build (empty hour range or trace)", file=sys.stderr)
+        return 2
+    if len(shape) * 3600.0 > MAX_ARRIVAL_S:  # a trace the replay would refuse
+        print(f"gateway make-trace: {len(shape)} hours: a replay takes at most {MAX_ARRIVAL_S / 3600:.0f} "
+              f"({MAX_ARRIVAL_S / 86400:.0f} days); give --days or --hours", file=sys.stderr)
         return 2
     problem = _size_problem(args, shape)
     if problem:

@@ -318,6 +318,19 @@ def test_make_trace_sizes_and_spans_it_cannot_build_exit_2(tmp_path, capsys, arg
     assert not out.exists()
 
 
+def test_make_trace_builds_no_trace_longer_than_a_replay_takes(tmp_path, capsys):
+    shape = tmp_path / "shape.csv"
+    shape.write_text("model,hour,requests\n" + "".join(f"m,{h},5\n" for h in range(1000)))
+    out = tmp_path / "t.csv"
+    assert make_trace_main(["--hourly", str(shape), "--tokens-from", "azure-conv", "--mean-per-hour", "5",
+                            "--out", str(out)]) == 2
+    assert "1000 hours: a replay takes at most 744 (31 days)" in capsys.readouterr().err
+    assert not out.exists()
+    assert make_trace_main(["--hourly", str(shape), "--tokens-from", "azure-conv", "--mean-per-hour", "5",
+                            "--days", "31", "--out", str(out)]) == 0  # the longest it takes
+    assert read_trace(str(out)).arrival_s[-1] <= 31 * 86400
+
+
 def test_make_trace_says_when_it_cannot_write_its_output(tmp_path, capsys):
     # a directory, or a folder that does not exist: an OSError traceback
     for out in (tmp_path, tmp_path / "no" / "t.csv"):
