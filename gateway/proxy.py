@@ -23,7 +23,7 @@ from .apis.base import openai_body
 from .spend.accounting import RequestRecord
 from .http.asgi_io import MAX_BODY_BYTES, TIMED_OUT, bearer_token, content_length, header, read_body, send_bytes, send_error
 from .backends import UpstreamUnavailable
-from .spend.cost import Usage, display_usd, usage_from_openai
+from .spend.cost import Usage, display_usd, plausible_usage, usage_from_openai
 from .http.errors import GatewayError, bad_request
 from .http import json_pieces
 from .http.limits import (GC_PAUSE, INLINE_WORK_MAX_BYTES, LARGE_BODY_BYTES, LargeBodyGate, in_large_worker, off_loop,
@@ -424,7 +424,7 @@ class Proxy:
         if not isinstance(parsed, dict):
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
-        found = read_usage(parsed) if read_usage is not None else usage_from_openai(parsed.get("usage"))
+        found = plausible_usage(read_usage(parsed) if read_usage is not None else usage_from_openai(parsed.get("usage")))
         if found is not None and found[0] >= 0:
             rec.usage = Usage(found[0], found[1], found[2], from_upstream=True)
         else:
@@ -473,8 +473,9 @@ class Proxy:
                 rec.error = f"stream failed: {type(e).__name__}"
         finally:
             watcher.cancel()
-            if tap.usage is not None:
-                p, c, cached = tap.usage
+            reported = plausible_usage(tap.usage)
+            if reported is not None:
+                p, c, cached = reported
                 rec.usage = Usage(p if p >= 0 else await self._prompt_count(rec), c, cached, from_upstream=p >= 0)
             else:
                 streamed = sum(map(len, tap.events))

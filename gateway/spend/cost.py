@@ -65,3 +65,26 @@ def usage_from_openai(usage: dict | None) -> tuple[int, int, int] | None:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return (prompt if isinstance(prompt, int) else -1, completion, cached if isinstance(cached, int) else 0)
+
+
+# more tokens than any model's context and output hold in one request: a count past it is no count
+MAX_REPORTED_TOKENS = 100_000_000
+
+
+def plausible_usage(found: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """An upstream's (prompt, completion, cached) as far as it can be true; None: count it all here.
+
+    A negative prompt count becomes -1 (count the prompt here); a negative or absurd completion
+    count, or an absurd prompt count, drops the report; cached tokens are kept within the prompt.
+    A container reporting negative counts crashed the metrics (a counter cannot go down: a 500,
+    the request missing from the access log and its cost dropped), and one reporting 10^18 tokens
+    was billed 750 billion USD.
+    """
+    if found is None:
+        return None
+    prompt, completion, cached = found
+    if not 0 <= completion <= MAX_REPORTED_TOKENS or prompt > MAX_REPORTED_TOKENS:
+        return None
+    prompt = prompt if prompt >= 0 else -1
+    return prompt, completion, min(max(cached, 0), max(prompt, 0))
+

@@ -189,3 +189,33 @@ def test_streamed_and_cut_off_requests_reach_the_shared_ledger(openai_standin, s
         stored = lambda: int(client.hget("{gw}:spend", "openai\x1fgpt-4o-mini") or 0)  # noqa: E731
         assert wait_until(lambda: stored() == int(costs.scaleb(9))), (stored(), costs)
         client.close()
+
+
+@pytest.mark.parametrize("usage, counted", [
+    ({"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 1_000_000_000}, False),  # cached > prompt
+    ({"prompt_tokens": -10, "completion_tokens": 5}, "prompt"),  # the prompt counted here
+    ({"prompt_tokens": 10, "completion_tokens": -5}, True),  # the whole report dropped: counted here
+    ({"prompt_tokens": 10, "completion_tokens": 10**18}, True),  # was billed 750 billion USD
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_usage_that_cannot_be_true_is_not_what_is_billed(gateway, openai_standin, usage, counted, stream):
+    # Negative counts crashed the metrics (a counter cannot go down): a 500, or a stream cut before
+    # its end, the request missing from the access log and its cost dropped.
+    openai_standin.script(text=["a ", "b ", "c "], **usage)
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+        with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body) as r:
+            status, text = r.status_code, b"".join(r.iter_raw())
+        assert text.rstrip().endswith(b"data: [DONE]")
+    else:
+        r = httpx.post(f"{gateway.base_url}/chat/completions", json=body)
+        status = r.status_code
+    assert status == 200
+    entry = gateway.entries()[-1]
+    assert entry["status"] == 200 and 0 <= entry["completion_tokens"] <= 100 and entry["prompt_tokens"] >= 0
+    assert 0 <= entry["cached_tokens"] <= entry["prompt_tokens"]
+    assert entry["usage_source"] == ("upstream" if counted is False else "counted")
+    assert 0 < Decimal(entry["cost_usd"]) < Decimal("0.01")
+    if counted == "prompt":
+        assert entry["prompt_tokens"] > 0  # counted with tiktoken, not the -10 reported
