@@ -53,8 +53,7 @@ class KeyRecord:
             "alias": self.alias, "team": self.team, "budget_usd": _usd(self.budget_nanos),
             "budget_period": self.budget_period, "rpm": self.rpm, "tpm": self.tpm,
             "models": list(self.models) if self.models is not None else None,
-            "expires_at": None if self.expires_at is None else
-            datetime.fromtimestamp(self.expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_at": None if self.expires_at is None else _shown(self.expires_at),
         }
 
     def limited(self) -> bool:
@@ -70,6 +69,14 @@ class KeyRecord:
     def from_json(cls, d: dict) -> "KeyRecord":
         models = d.get("models")
         return cls(**{**d, "models": tuple(models) if models is not None else None})
+
+
+def _shown(unix_s: float) -> str | float:
+    """An expiry as ISO 8601 UTC; as stored if datetime cannot show it (a record written before _when's range)."""
+    try:
+        return datetime.fromtimestamp(unix_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return unix_s
 
 
 def _usd(nanos: int | None) -> str | None:
@@ -137,19 +144,28 @@ def key_changes(body, creating: bool) -> dict:
     return out
 
 
+# the last second datetime can show: a later (or negative) expiry was stored, then every listing of
+# the keys failed on it with a 500 (datetime.fromtimestamp: year 10000 is out of range)
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
 def _when(value) -> float | None:
     if value is None:
         return None
+    t = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        t = float(value)
+    elif isinstance(value, str):
         try:
-            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            t = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+        except (ValueError, OverflowError, OSError):
             t = None
-        if t is not None:
-            return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-    raise bad_request("'expires_at' must be an ISO 8601 time or unix seconds.", param="expires_at")
+    if t is None:
+        raise bad_request("'expires_at' must be an ISO 8601 time or unix seconds.", param="expires_at")
+    if not 0.0 <= t <= _LATEST:  # also NaN
+        raise bad_request("'expires_at' must be between 1970-01-01 and 9999-12-31 (UTC).", param="expires_at")
+    return t
 
 
 def team_from(body) -> TeamRecord:

@@ -74,6 +74,20 @@ def test_admin_api_needs_the_admin_key_and_checks_its_input(openai_standin):
         assert admin(gw.url, "PATCH", "/admin/keys/a", {"team": "other"}).status_code == 400
 
 
+@pytest.mark.parametrize("when", [1e308, -1e308, -1, 18446744073709551615,
+                                  "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59"])
+def test_an_expiry_datetime_cannot_show_is_refused_before_the_key_is_stored(openai_standin, when):
+    # it was stored with a 500 (its secret never shown), and every listing of the keys failed after it
+    with _gateway(openai_standin) as gw:
+        r = admin(gw.url, "POST", "/admin/keys", {"alias": "late", "expires_at": when})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "expires_at", r.text
+        assert admin(gw.url, "GET", "/admin/keys/late").status_code == 404
+        assert admin(gw.url, "GET", "/admin/keys").status_code == 200
+        create_key(gw.url, alias="ok")
+        assert admin(gw.url, "PATCH", "/admin/keys/ok", {"expires_at": 1e308}).status_code == 400
+        assert admin(gw.url, "GET", "/admin/keys/ok").json()["expires_at"] is None
+
+
 def test_allowed_models_expiry_and_revocation(openai_standin):
     with _gateway(openai_standin) as gw:
         secret = create_key(gw.url, alias="emb-only", models=["text-embedding-3-small"])
