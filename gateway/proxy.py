@@ -424,6 +424,12 @@ class Proxy:
         if not isinstance(parsed, dict):
             await self._fail(send, rec, GatewayError(502, "upstream returned a body that is not JSON", type="upstream_error"))
             return
+        if "error" in parsed and not any(k in parsed for k in ("choices", "output", "data")):
+            # a container that answers 200 with an error object: its words stay in the log
+            log_upstream_error(rec.backend, rec.request_id, 200, reply.body)
+            await self._fail(send, rec, GatewayError(502, "upstream answered with an error object instead of an answer",
+                                                     type="upstream_error"))
+            return
         found = plausible_usage(read_usage(parsed) if read_usage is not None else usage_from_openai(parsed.get("usage")))
         if found is not None and found[0] >= 0:
             rec.usage = Usage(found[0], found[1], found[2], from_upstream=True)
@@ -473,6 +479,10 @@ class Proxy:
                 rec.error = f"stream failed: {type(e).__name__}"
         finally:
             watcher.cancel()
+            if tap.upstream_error is not None:
+                rec.error = rec.error or "upstream stream error event"
+                log.warning("backend %s ended the stream of request %s with an error event: %s", rec.backend,
+                            rec.request_id, tap.upstream_error)
             reported = plausible_usage(tap.usage)
             if reported is not None:
                 p, c, cached = reported

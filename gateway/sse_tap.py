@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import orjson
 
+from .http.upstream_errors import redact
 from .spend.cost import usage_from_openai
 
 _SEP = b"\n\n"
+# what the client reads where the upstream ended its stream with an error event of its own: its
+# words (which can quote a key, or an internal host) go to the log, not to the client
+STREAM_ERROR_MESSAGE = "The upstream ended this stream with an error; the answer above is incomplete."
+STREAM_ERROR_CODE = "upstream_stream_error"
 
 
 class ChatEvents:
@@ -48,7 +53,7 @@ def event_data(event: bytes) -> bytes | None:
 
 
 class SseTap:
-    __slots__ = ("_pending", "events", "usage", "_strip_usage", "_reader")
+    __slots__ = ("_pending", "events", "usage", "_strip_usage", "_reader", "upstream_error")
 
     def __init__(self, strip_usage: bool, reader=ChatEvents):
         self._pending = b""
@@ -56,6 +61,7 @@ class SseTap:
         self.usage: tuple[int, int, int] | None = None
         self._strip_usage = strip_usage
         self._reader = reader
+        self.upstream_error: str | None = None  # the upstream's own error event, redacted: for the log
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward now (whole events only)."""
@@ -70,15 +76,42 @@ class SseTap:
         ready = data[:cut]
         if b'"usage"' in ready:
             ready = self._take_usage(ready)
+        if b'"error"' in ready:
+            ready = self._own_errors(ready)
         self.events.append(ready)
         return ready
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream closes (an unterminated last event)."""
         rest, self._pending = self._pending, b""
+        if rest and b'"error"' in rest:
+            rest = self._own_errors(rest)
         if rest:
             self.events.append(rest)
         return rest
+
+    def _own_errors(self, ready: bytes) -> bytes:
+        """Error events (chat: ``{"error": {...}}``; Responses: ``{"type": "error", ...}``) in the gateway's words."""
+        out = []
+        for event in ready.split(_SEP):
+            data = event_data(event)
+            parsed = None
+            if data is not None and b'"error"' in data:
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    parsed = None
+            if isinstance(parsed, dict) and ("error" in parsed or parsed.get("type") == "error"):
+                self.upstream_error = redact(data[:8000].decode("utf-8", "replace"))[:2000]
+                if "error" in parsed:
+                    own = {"error": {"message": STREAM_ERROR_MESSAGE, "type": "upstream_error", "param": None,
+                                     "code": STREAM_ERROR_CODE}}
+                else:
+                    own = {**{k: v for k, v in parsed.items() if k in ("type", "sequence_number")},
+                           "code": STREAM_ERROR_CODE, "message": STREAM_ERROR_MESSAGE, "param": None}
+                event = event[: len(event) - len(data)] + b" " + orjson.dumps(own)
+            out.append(event)
+        return _SEP.join(out)
 
     def _take_usage(self, ready: bytes) -> bytes:
         """Parse only events that carry a usage object, from the last one back; the last wins.

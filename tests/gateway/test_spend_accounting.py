@@ -121,14 +121,22 @@ def test_upstream_breaking_mid_stream_is_charged_for_what_arrived(gateway, opena
     assert Decimal(entry["cost_usd"]) > 0
 
 
-def test_in_band_stream_error_is_forwarded_and_charged(gateway, openai_standin):
-    openai_standin.script(text=["a ", "b ", "c "], stop_after_chunks=2, stream_error="model overloaded")
-    with httpx.stream("POST", f"{gateway.base_url}/chat/completions",
-                      json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+@pytest.mark.parametrize("path, model", [("chat/completions", "gpt-4o-mini"), ("responses", "gpt-4o-mini"),
+                                         ("completions", "gpt-4o-mini")])
+def test_in_band_stream_error_is_forwarded_in_the_gateways_words_and_charged(gateway, openai_standin, path, model):
+    # the upstream's own words (here a key-shaped string) went to the client verbatim
+    openai_standin.script(text=["a ", "b ", "c "], stop_after_chunks=2,
+                          stream_error="model overloaded on host-7 sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX")
+    body = {"model": model, "stream": True}
+    body.update({"chat/completions": {"messages": MSG}, "responses": {"input": "hi"},
+                 "completions": {"prompt": "hi"}}[path])
+    with httpx.stream("POST", f"{gateway.base_url}/{path}", json=body) as r:
         text = b"".join(r.iter_raw())
-    assert b"model overloaded" in text
+    assert r.status_code == 200
+    assert b"upstream_stream_error" in text and b"the answer above is incomplete" in text
+    assert b"overloaded" not in text and b"sk-proj" not in text and b"host-7" not in text
     entry = gateway.entries()[-1]
-    assert entry["completion_tokens"] >= 2
+    assert entry["completion_tokens"] >= 2 and entry["error"] == "upstream stream error event"
 
 
 def test_sagemaker_stream_error_frame_becomes_an_sse_error(gateway, sagemaker_standin):
@@ -219,3 +227,15 @@ def test_an_upstream_usage_that_cannot_be_true_is_not_what_is_billed(gateway, op
     assert 0 < Decimal(entry["cost_usd"]) < Decimal("0.01")
     if counted == "prompt":
         assert entry["prompt_tokens"] > 0  # counted with tiktoken, not the -10 reported
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "sagemaker/gpt-4o-mini"])
+def test_an_error_object_in_a_200_answer_is_the_gateways_502(gateway, openai_standin, sagemaker_standin, model):
+    # a container (or an API) answering 200 with an error object was passed through as an answer
+    standin = sagemaker_standin if model.startswith("sagemaker/") else openai_standin
+    standin.script(error_status=200, error_body={"error": {"message": "CUDA OOM on node gpu-7, token=abc123",
+                                                           "type": "server_error"}})
+    r = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": model, "messages": MSG})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+    assert "CUDA" not in r.text and "abc123" not in r.text
+    assert gateway.entries()[-1]["status"] == 502
