@@ -54,12 +54,17 @@ class OpsRoutes:
 
     async def models(self, scope, receive, send) -> None:
         cfg = self.app.config
-        if cfg.auth.keys and bearer_token(scope) not in cfg.auth.keys:
-            err = GatewayError(401, "Invalid or missing gateway API key.", code="invalid_api_key")
-            await send_bytes(send, 401, err.body())
+        try:
+            # the keys the request path takes: a virtual key was refused here (the SDK's models.list())
+            grant = self.app.keys.authenticate(bearer_token(scope))
+        except GatewayError as err:
+            await send_bytes(send, err.status, err.body())
             return
+        allowed = grant.record.models if grant is not None else None
         data = []
         for model in cfg.models.values():
+            if allowed is not None and model.name not in allowed:
+                continue  # a key limited to some models is shown those
             data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "gateway",
                          "endpoints": _ENDPOINTS[model.kind]})
             if cfg.routing.allow_pinning:

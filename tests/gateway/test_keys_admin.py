@@ -88,6 +88,19 @@ def test_an_expiry_datetime_cannot_show_is_refused_before_the_key_is_stored(open
         assert admin(gw.url, "GET", "/admin/keys/ok").json()["expires_at"] is None
 
 
+def test_a_virtual_key_lists_the_models_it_may_use(openai_standin):
+    # GET /v1/models took only GATEWAY_API_KEYS: the SDK's models.list() was a 401 for a virtual key
+    with _gateway(openai_standin) as gw:
+        limited = _client(gw, create_key(gw.url, alias="emb-only", models=["text-embedding-3-small"]))
+        assert {m.id.split("/")[-1] for m in limited.models.list()} == {"text-embedding-3-small"}  # (and pinned)
+        secret = create_key(gw.url, alias="all")
+        assert {"gpt-4o-mini", "text-embedding-3-small"} <= {m.id for m in _client(gw, secret).models.list()}
+        admin(gw.url, "DELETE", "/admin/keys/all")
+        for refused in (secret, "sk-gw-not-a-key", "unused"):  # revoked, unknown, not a key at all
+            with pytest.raises(openai.AuthenticationError):
+                _client(gw, refused).models.list()
+
+
 def test_allowed_models_expiry_and_revocation(openai_standin):
     with _gateway(openai_standin) as gw:
         secret = create_key(gw.url, alias="emb-only", models=["text-embedding-3-small"])
