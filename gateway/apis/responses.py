@@ -90,6 +90,9 @@ class ResponsesApi(Api):
                 raise bad_request(f"'tools[{i}].name' must be a non-empty string.", param=f"tools[{i}].name")
         if req.get("text") is not None and not isinstance(req["text"], dict):
             raise bad_request("'text' must be an object.", param="text")
+        if req.get("store") is not None and not isinstance(req["store"], bool):
+            # "yes" or 1 read as false: served on an endpoint, which stores nothing
+            raise bad_request("'store' must be a boolean.", param="store")
         return check_stream(req), check_max_tokens(req, "max_output_tokens")
 
     def count(self, counter, req, limit=None):
@@ -100,7 +103,8 @@ class ResponsesApi(Api):
 
     def needs_api(self, req):
         for key in _STATEFUL:
-            if req.get(key):
+            # given at all (even "" or {}): only the API can say what it means; an endpoint would ignore it
+            if req.get(key) is not None:
                 return key
         if req.get("store") is True:
             return "store"

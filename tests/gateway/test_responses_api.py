@@ -132,7 +132,9 @@ def test_stateful_and_hosted_tool_requests_go_to_the_api_backend(openai_standin,
         client = OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
         plain = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi")
         assert plain.headers["x-gateway-backend"] == "sagemaker"
-        for extra in ({"previous_response_id": "resp_123"}, {"tools": [{"type": "web_search"}]}, {"store": True}):
+        # (an empty id or conversation object read as absent and went to the endpoint, which ignores them)
+        for extra in ({"previous_response_id": "resp_123"}, {"tools": [{"type": "web_search"}]}, {"store": True},
+                      {"previous_response_id": ""}, {"conversation": {}}):
             raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", **extra)
             assert raw.headers["x-gateway-backend"] == "openai", extra
             assert openai_standin.last_request.json == {"model": "gpt-4o-mini", "input": "hi", **extra}
@@ -151,6 +153,7 @@ def test_stateful_and_hosted_tool_requests_go_to_the_api_backend(openai_standin,
     ({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
     ({"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "function"}]}, "tools[0].name"),
     ({"model": "gpt-4o-mini", "input": "hi", "stream": "yes"}, "stream"),
+    ({"model": "gpt-4o-mini", "input": "hi", "store": "yes"}, "store"),  # read as false: served on the endpoint
     ({"model": "sagemaker/gpt-4o-mini", "input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
     ({"model": "text-embedding-3-small", "input": "hi"}, "model"),
 ])
