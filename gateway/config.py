@@ -387,6 +387,18 @@ def _backends(r: _Reader, env: Mapping[str, str]) -> dict[str, BackendConfig]:
         out[name] = _openai_backend(name, br, env) if kind == "openai" else _sagemaker_backend(name, br)
     if not out:
         raise r.error("", "at least one backend is required")
+    seen: dict[tuple, str] = {}
+    for name, b in out.items():
+        if b.type != "sagemaker":
+            continue
+        # each backend bills its endpoint's instance time: two naming one endpoint charged it twice
+        where = (b.endpoint_url, b.region, b.endpoint_name, b.inference_component_name)
+        if where in seen:
+            raise r.error(name, f"the same endpoint as backends.{seen[where]} ({b.endpoint_name} in {b.region}"
+                          + (f", inference component {b.inference_component_name}" if b.inference_component_name
+                             else "") + "): its instance time would be charged twice; route both models to one "
+                          "backend")
+        seen[where] = name
     return out
 
 

@@ -307,6 +307,16 @@ def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
     assert message.startswith(f"{path}: ") and "expands to more than 100,000 values" in message
 
 
+def test_two_backends_on_one_endpoint_are_refused(tmp_path):
+    # each bills the endpoint's instance time: the same endpoint was charged twice
+    data = base()
+    data["backends"]["sm2"] = dict(data["backends"]["sm"])
+    message, path = config_error(tmp_path, data)
+    assert message.startswith(f"{path}: backends.sm2: the same endpoint as backends.sm (ep in us-east-1)")
+    data["backends"]["sm2"]["inference_component_name"] = "other-model"  # another component of it: its own bill
+    load_yaml(tmp_path, data)
+
+
 def test_backend_name_with_slash_is_rejected(tmp_path):
     data = base()
     data["backends"]["a/b"] = data["backends"].pop("api")
