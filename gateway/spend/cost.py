@@ -87,4 +87,3 @@ def plausible_usage(found: tuple[int, int, int] | None) -> tuple[int, int, int] 
         return None
     prompt = prompt if prompt >= 0 else -1
     return prompt, completion, min(max(cached, 0), max(prompt, 0))
-
