@@ -605,4 +605,9 @@ def _load(path: str, env: Mapping[str, str] | None) -> GatewayConfig:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(data, path, env)
+    except RecursionError:  # PyYAML's parser recurses per level: 3,000 nested brackets were a traceback
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    try:
+        return parse_config(data, path, env)
+    except RecursionError:  # (a depth the parser took, but not the walks over it)
+        raise ConfigError(f"{path}: nested too deeply to read") from None

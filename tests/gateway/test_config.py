@@ -296,6 +296,14 @@ def test_a_key_that_yaml_reads_as_no_string_is_named(tmp_path, yaml_key, shown):
     assert message.startswith(f"{path}: {shown}: a key must be a string")
 
 
+@pytest.mark.parametrize("depth", [500, 3000])
+def test_a_document_nested_too_deeply_is_a_config_error(tmp_path, depth):
+    # PyYAML's parser (and the walks over what it builds) recurse per level: a RecursionError traceback
+    text = "a: " + "[" * depth + "]" * depth + "\n" + yaml.safe_dump(base())
+    message, path = config_error(tmp_path, text)
+    assert message.startswith(f"{path}: ")
+
+
 def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
     # 4 KB of YAML standing for 10^8 values: expanding it held check-config for minutes
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
