@@ -83,10 +83,12 @@ def test_count_stops_past_the_largest_window_not_the_smallest(openai_standin, sa
     room would be taken for the prompt's length and send it to the large one, where it does not fit."""
     messages = [{"role": "user", "content": LONG}]
     exact = TokenCounter("o200k_base").chat({"messages": messages})
+    sagemaker_standin.endpoints.add("standin-endpoint-big")  # a second endpoint: two backends may not share one
     for big_window, backend in ((exact - 100, "openai"), (exact + 100, "sagemaker-big")):
         data = standin_config(openai_standin, sagemaker_standin, routing={"policy": "always_selfhosted"})
         data["backends"]["sagemaker"]["context_window"] = 1000
-        data["backends"]["sagemaker-big"] = {**data["backends"]["sagemaker"], "context_window": big_window}
+        data["backends"]["sagemaker-big"] = {**data["backends"]["sagemaker"], "context_window": big_window,
+                                             "endpoint_name": "standin-endpoint-big"}
         data["models"]["gpt-4o-mini"]["backends"] = [
             {"backend": "sagemaker", "model": "gpt-4o-mini"}, {"backend": "sagemaker-big", "model": "gpt-4o-mini"},
             {"backend": "openai", "model": "gpt-4o-mini"}]
