@@ -284,6 +284,32 @@ class Recorded:
         return d
 
 
+# the default config's endpoint (a 10-min cold start from none) at gpt-4o prices
+GAP_SETUP = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6),
+                        EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0,
+                                     context_window=8192, startup_from_zero_s=600.0))
+
+
+def poisson_rows(rng, start, end, per_hour, prompt, completion) -> list:
+    """Poisson arrivals over [start, end) with token counts drawn from the (low, high) ranges."""
+    rows, t = [], start
+    while (t := t + rng.expovariate(per_hour / 3600)) < end:
+        rows.append((t, rng.randint(*prompt), rng.randint(*completion)))
+    return rows
+
+
+def assert_kept_through_the_gap_and_its_return(rows, back: float) -> None:
+    """Replays ``rows`` with break_even: the count the gap ends with is not lowered from ``back`` on."""
+    policy = Recorded(build_policy("break_even"))
+    simulate(Trace.from_rows(rows), policy, GAP_SETUP, horizon_s=back + 3600)
+    count = 0
+    for t, _, to in policy.changes:
+        if t < back:
+            count = to
+    assert count >= 1  # kept through the gap
+    assert all(to >= count for t, _, to in policy.changes if t >= back)  # and through the return
+
+
 def test_the_return_after_a_collection_gap_keeps_the_instance_the_gap_kept():
     # Two busy hours at 9,000 req/h (gpt-4o prices: three instances), two hours with a trickle of
     # ten requests (a gap in collection, as ServeGen's m-mid shape has), and the same traffic back.
@@ -293,29 +319,12 @@ def test_the_return_after_a_collection_gap_keeps_the_instance_the_gap_kept():
     # burstiness, they made one instance look worthless): it was released 10 s into the return and
     # started cold three minutes later. (The handful-of-requests mix, the third cause on m-mid, is
     # tested on its own in tests/routing_policies.)
-    spec = EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0,
-                        context_window=8192, startup_from_zero_s=600.0)
-    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6), spec)
     rng = random.Random(1)
-    rows = []
-
-    def busy(start, end):
-        t = start
-        while (t := t + rng.expovariate(9000 / 3600)) < end:
-            rows.append((t, rng.randint(200, 2000), rng.randint(50, 400)))
-
-    busy(0, 7200)
+    rows = poisson_rows(rng, 0, 7200, 9000, (200, 2000), (50, 400))
     back = 4 * 3600
     rows += [(7200 + (i + 0.5) * 720, rng.randint(200, 2000), rng.randint(50, 400)) for i in range(10)]
-    busy(back, back + 3600)
-    policy = Recorded(build_policy("break_even"))
-    simulate(Trace.from_rows(rows), policy, setup, horizon_s=back + 3600)
-    count = 0
-    for t, _, to in policy.changes:
-        if t < back:
-            count = to
-    assert count >= 1  # kept through the gap
-    assert all(to >= count for t, _, to in policy.changes if t >= back)  # and through the return
+    rows += poisson_rows(rng, back, back + 3600, 9000, (200, 2000), (50, 400))
+    assert_kept_through_the_gap_and_its_return(rows, back)
 
 
 def test_a_gap_kept_through_is_not_released_once_the_traffic_is_back():
@@ -327,27 +336,10 @@ def test_a_gap_kept_through_is_not_released_once_the_traffic_is_back():
     # minutes into the return while its forecast said it was needed (m-mid code arrivals at
     # 4,000 req/h: a cold start of that traffic three minutes later, 5.85 USD of API). A release
     # waits for a tick where keeping costs more.
-    spec = EndpointSpec(1.408, 300.0, 0.02, min_instances=0, max_instances=4, startup_s=360.0,
-                        context_window=8192, startup_from_zero_s=600.0)
-    setup = ReplaySetup("m", "openai", "sagemaker", TokenPrices(2.5e-6, 10e-6), spec)
     rng = random.Random(3)
-    rows = []
-
-    def busy(start, end, per_hour):
-        t = start
-        while (t := t + rng.expovariate(per_hour / 3600)) < end:
-            rows.append((t, rng.randint(1500, 2500), rng.randint(10, 50)))
-
-    busy(0, 3 * 3600, 6500)
+    rows = poisson_rows(rng, 0, 3 * 3600, 6500, (1500, 2500), (10, 50))
     back = 5 * 3600
     for minute, n in enumerate((27, 5, 3)):  # the return's first minutes: a clump, then a trickle
         rows += sorted((back + minute * 60 + rng.uniform(0, 60), 2000, 30) for _ in range(n))
-    busy(back + 180, back + 3600, 6500)
-    policy = Recorded(build_policy("break_even"))
-    simulate(Trace.from_rows(rows), policy, setup, horizon_s=back + 3600)
-    count = 0
-    for t, _, to in policy.changes:
-        if t < back:
-            count = to
-    assert count >= 1  # kept through the gap
-    assert all(to >= count for t, _, to in policy.changes if t >= back)  # and through the return
+    rows += poisson_rows(rng, back + 180, back + 3600, 6500, (1500, 2500), (10, 50))
+    assert_kept_through_the_gap_and_its_return(rows, back)
