@@ -14,8 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-import yaml
-
+from .config_document import DocumentError, check_tree, read_document
 from .spend import cost_map
 
 
@@ -185,41 +184,6 @@ class GatewayConfig:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-# a config is a page or two of YAML; aliases can make a few KB of it stand for 10^8 values, which
-# expanding (below) would copy one by one: a 4 KB file held check-config for minutes
-MAX_CONFIG_VALUES = 100_000
-
-
-def _checked_tree(data: Any, file: str) -> None:
-    """Refuse mapping keys that are not strings, and a document that expands to more than MAX_CONFIG_VALUES.
-
-    YAML reads an unquoted ``no:``, ``1:`` or ``~:`` as a bool, an int or None: as a key here it can
-    only be a mistake, and it made the error messages themselves fail. Shared (aliased) nodes are
-    sized once, so the check takes the file's own size, not its expansion's.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(node: Any, where: str) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        total = 1
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not isinstance(k, str):
-                    raise ConfigError(f"{file}: {where + '.' if where else ''}{k!r}: a key must be a string "
-                                      f"(YAML reads unquoted yes/no, numbers and ~ as other types: quote it)")
-                total += size(v, f"{where}.{k}" if where else k)
-        elif isinstance(node, list):
-            total += sum(size(v, where) for v in node)
-        sizes[id(node)] = total
-        if total > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{file}: {where or 'the document'}: expands to more than {MAX_CONFIG_VALUES:,} "
-                              f"values (through YAML aliases?)")
-        return total
-
-    size(data, "")
 
 
 def _expand(value: Any, env: Mapping[str, str]) -> Any:
@@ -467,7 +431,10 @@ def _check_policy(rr: "_Reader", routing: RoutingConfig) -> None:
 
 def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
     env = os.environ if env is None else env
-    _checked_tree(data, path)
+    try:
+        check_tree(data, path)
+    except DocumentError as e:
+        raise ConfigError(str(e)) from None
     root = _Reader(_expand(data, env), "", path)
     backends = _backends(root.sub("backends"), env)
     models = _models(root.sub("models"), backends)
@@ -569,44 +536,11 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> GatewayConfi
         cost_map.forget()  # ~5 MB of prices for 4,800 models; the few in use are copied into the config
 
 
-_YAML_MERGE = "tag:yaml.org,2002:merge"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping.
-
-    PyYAML keeps the last of two equal keys without a word: a second ``params:`` under ``routing``
-    (an edit pasted above the old line) silently replaced the first, and the gateway ran with
-    settings nobody could see in the file.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            if key_node.tag == _YAML_MERGE:
-                continue  # ``<<: *defaults``: its keys may be overridden here, which is what it is for
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: the base class says so
-                break
-            if first is not key_node:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found {key!r} a second time (first at line {first.start_mark.line + 1})", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _load(path: str, env: Mapping[str, str] | None) -> GatewayConfig:
     try:
-        with open(path, "rb") as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except RecursionError:  # PyYAML's parser recurses per level: 3,000 nested brackets were a traceback
-        raise ConfigError(f"{path}: nested too deeply to read") from None
+        data = read_document(path)
+    except DocumentError as e:
+        raise ConfigError(str(e)) from None
     try:
         return parse_config(data, path, env)
     except RecursionError:  # (a depth the parser took, but not the walks over it)

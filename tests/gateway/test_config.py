@@ -14,10 +14,10 @@ from gateway.config import (
     OpenAIBackendConfig,
     SageMakerBackendConfig,
     _expand,
-    _UniqueKeyLoader,
     load_config,
     parse_config,
 )
+from gateway.config_document import UniqueKeyLoader
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "config.yaml")
 
@@ -133,7 +133,7 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
                                      "routing:\n  <<: *defaults\n  params: {restart_weight: 2}\n")
     with pytest.raises(ConfigError, match="x-defaults"):  # an unknown top-level key, not a YAML error
         load_yaml(tmp_path, text)
-    data = yaml.load(text, Loader=_UniqueKeyLoader)
+    data = yaml.load(text, Loader=UniqueKeyLoader)
     assert data["routing"] == {"policy": "break_even", "params": {"restart_weight": 2}}
 
 
