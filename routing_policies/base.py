@@ -13,6 +13,7 @@ Usage::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
@@ -229,6 +230,15 @@ def policy_parameters(name: str) -> tuple[str, ...]:
 
     params = inspect.signature(_REGISTRY[name]).parameters.values()
     return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def is_finite_number(value: Any) -> bool:
+    """A parameter a policy can range-check: an int or float, not a bool, NaN, infinity or a string.
+
+    ("1e308" from YAML, NaN or infinity passed or failed the range checks by accident, or failed them
+    with a Python error instead of the parameter's name.)
+    """
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def build_policy(name: str, params: Mapping[str, Any] | None = None) -> RoutingPolicy:

@@ -55,7 +55,7 @@ import math
 from typing import ClassVar
 
 from .base import (
-    CapacityContext, CapacityDecision, Decision, RequestContext, VolumeWindow, register,
+    CapacityContext, CapacityDecision, Decision, RequestContext, VolumeWindow, is_finite_number, register,
 )
 from .capacity import (
     TrafficMix,
@@ -105,11 +105,8 @@ class BreakEven:
         given = locals()
         for key in ("forecast_window_s", "restart_weight", "min_dwell_s", "size_cv", "peakedness", "min_mix_requests",
                     "min_burst_requests", "forecast_noise", "hour_headroom"):
-            value = given[key]
-            # a string ("1e308" from YAML), a bool, NaN or infinity would pass or fail the range checks below
-            # by accident, or fail them with a Python comparison error instead of the parameter's name
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"break_even: parameter {key} must be a finite number, got {value!r}")
+            if not is_finite_number(given[key]):
+                raise ValueError(f"break_even: parameter {key} must be a finite number, got {given[key]!r}")
         checks = {
             "forecast_window_s": forecast_window_s > 0,
             "restart_weight": restart_weight >= 0, "min_dwell_s": min_dwell_s >= 0,

@@ -1,11 +1,9 @@
 """Policies that ignore the economics: baselines for replay and safe defaults."""
 from __future__ import annotations
 
-import math
-
 from typing import ClassVar
 
-from .base import API, CapacityContext, CapacityDecision, Decision, RequestContext, register
+from .base import API, CapacityContext, CapacityDecision, Decision, RequestContext, is_finite_number, register
 from .rules import endpoint_first, fits_context, first_usable, in_service
 
 
@@ -71,8 +69,7 @@ class FixedInstances:
 
     def __init__(self, instances: int = 1):
         # (an infinite count made int() raise OverflowError, a traceback instead of this message)
-        if isinstance(instances, bool) or not isinstance(instances, (int, float)) or not math.isfinite(instances) \
-                or int(instances) != instances or instances < 0:
+        if not is_finite_number(instances) or int(instances) != instances or instances < 0:
             raise ValueError(f"fixed: parameter instances out of range: {instances!r}")
         self.instances = int(instances)
 

@@ -29,7 +29,7 @@ import yaml
 
 from routing_policies import TokenPrices, build_policy, policy_names
 
-from ..config import PriceSpec
+from ..config import MAX_USD, PriceSpec
 from ..routing.inputs import token_prices
 from . import bundled
 from .optimum import floor_with
@@ -88,14 +88,14 @@ def _params_for(name: str, cfg, overrides: dict) -> dict:
 
 def _check_overrides(policies: list[str] | None, overrides: dict, sweep: dict, setup: ReplaySetup) -> None:
     """Refuse ``--param``/``--sweep`` that would be dropped or mislabelled without a word (ValueError)."""
-    from routing_policies.base import policy_parameters
+    from routing_policies.base import policy_parameters  # (for the message)
 
     if sweep and policies and len(policies) > 1:
         raise ValueError(f"--sweep replays one policy, got --policy {' --policy '.join(policies)}")
     names = (policies or (["break_even"] if sweep else list(DEFAULT_POLICIES)))[: 1 if sweep else None]
     for flag, keys in (("--param", overrides), ("--sweep", sweep)):
         for key in keys:
-            if not any(key in policy_parameters(n) for n in names):
+            if not any(_accepts(n, key) for n in names):
                 takes = "; ".join(f"{n} takes {', '.join(policy_parameters(n)) or 'none'}" for n in names)
                 raise ValueError(f"{flag} {key}: no policy replayed takes it ({takes})")
     for key, values in sweep.items():
@@ -118,10 +118,10 @@ def parse_api_prices(text: str) -> TokenPrices:
         values = [Decimal(p.strip()) for p in text.split(",")]
     except InvalidOperation:
         values = []
-    # (at most a million USD per 1M tokens: 1e400 is a finite Decimal and an infinite float, spends of inf and NaN)
-    if len(values) not in (2, 3) or not all(v.is_finite() and 0 <= v <= 1_000_000 for v in values):
+    # the config's bound (1e400 is a finite Decimal and an infinite float: spends of inf and NaN)
+    if len(values) not in (2, 3) or not all(v.is_finite() and 0 <= v <= MAX_USD for v in values):
         raise ValueError(f"--api-prices: expected INPUT,OUTPUT[,CACHED_INPUT] in USD per 1M tokens, "
-                         f"each a number from 0 to 1,000,000 (e.g. 2.50,10.00), got {text!r}")
+                         f"each a number from 0 to {MAX_USD:,} (e.g. 2.50,10.00), got {text!r}")
     return token_prices(PriceSpec(*values, source="--api-prices"))
 
 
