@@ -96,7 +96,9 @@ class SseTap:
         for event in ready.split(_SEP):
             data = event_data(event)
             parsed = None
-            if data is not None and b'"error"' in data:
+            # (a Responses stream's response.created/completed carry "error": null in the response
+            # object: those, the largest events of the stream, are not parsed a second time)
+            if data is not None and data.count(b'"error"') > data.count(b'"error":null') + data.count(b'"error": null'):
                 try:
                     parsed = orjson.loads(data)
                 except orjson.JSONDecodeError:
