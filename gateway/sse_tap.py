@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import orjson
 
+from .http.errors import error_body
 from .http.upstream_errors import redact
 from .spend.cost import usage_from_openai
 
@@ -19,6 +20,7 @@ _SEP = b"\n\n"
 # words (which can quote a key, or an internal host) go to the log, not to the client
 STREAM_ERROR_MESSAGE = "The upstream ended this stream with an error; the answer above is incomplete."
 STREAM_ERROR_CODE = "upstream_stream_error"
+_OWN_CHAT_ERROR = error_body(STREAM_ERROR_MESSAGE, "upstream_error", None, STREAM_ERROR_CODE)
 
 
 class ChatEvents:
@@ -106,12 +108,11 @@ class SseTap:
             if isinstance(parsed, dict) and ("error" in parsed or parsed.get("type") == "error"):
                 self.upstream_error = redact(data[:8000].decode("utf-8", "replace"))[:2000]
                 if "error" in parsed:
-                    own = {"error": {"message": STREAM_ERROR_MESSAGE, "type": "upstream_error", "param": None,
-                                     "code": STREAM_ERROR_CODE}}
+                    own = _OWN_CHAT_ERROR
                 else:
-                    own = {**{k: v for k, v in parsed.items() if k in ("type", "sequence_number")},
-                           "code": STREAM_ERROR_CODE, "message": STREAM_ERROR_MESSAGE, "param": None}
-                event = event[: len(event) - len(data)] + b" " + orjson.dumps(own)
+                    own = orjson.dumps({**{k: v for k, v in parsed.items() if k in ("type", "sequence_number")},
+                                        "code": STREAM_ERROR_CODE, "message": STREAM_ERROR_MESSAGE, "param": None})
+                event = event[: len(event) - len(data)] + b" " + own
             out.append(event)
         return _SEP.join(out)
 
