@@ -478,8 +478,8 @@ def parse_config(data: Any, path: str = "<memory>", env: Mapping[str, str] | Non
             raise sr.error("redis_url", f"not a URL: {e}") from None
         if url.scheme not in ("redis", "rediss", "unix"):
             raise sr.error("redis_url", f"expected a redis://, rediss:// or unix:// URL, got scheme {url.scheme!r}")
-    if state.redis_cluster and urlsplit(state.redis_url).path.strip("/") not in ("", "0"):
-        raise sr.error("redis_url", "a Redis Cluster has only database 0 (end the URL in /0 or nothing)")
+        if state.redis_cluster and url.path.strip("/") not in ("", "0"):
+            raise sr.error("redis_url", "a Redis Cluster has only database 0 (end the URL in /0 or nothing)")
     sr.reject_unknown()
 
     vr = root.sub("server")
