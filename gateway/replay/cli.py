@@ -28,6 +28,7 @@ from decimal import Decimal, InvalidOperation
 import yaml
 
 from routing_policies import TokenPrices, build_policy, policy_names
+from routing_policies.base import is_finite_number, policy_parameters
 
 from ..config import MAX_USD, PriceSpec
 from ..routing.inputs import token_prices
@@ -74,8 +75,6 @@ def _key_values(items: list[str], flag: str) -> dict:
 
 
 def _accepts(name: str, key: str) -> bool:
-    from routing_policies.base import policy_parameters
-
     return key in policy_parameters(name)
 
 
@@ -88,8 +87,6 @@ def _params_for(name: str, cfg, overrides: dict) -> dict:
 
 def _check_overrides(policies: list[str] | None, overrides: dict, sweep: dict, setup: ReplaySetup) -> None:
     """Refuse ``--param``/``--sweep`` that would be dropped or mislabelled without a word (ValueError)."""
-    from routing_policies.base import policy_parameters  # (for the message)
-
     if sweep and policies and len(policies) > 1:
         raise ValueError(f"--sweep replays one policy, got --policy {' --policy '.join(policies)}")
     names = (policies or (["break_even"] if sweep else list(DEFAULT_POLICIES)))[: 1 if sweep else None]
@@ -104,7 +101,7 @@ def _check_overrides(policies: list[str] | None, overrides: dict, sweep: dict, s
     lo, hi = setup.endpoint.instance_bounds
     for n in (v for v in [overrides.get("instances"), *sweep.get("instances", [])] if v is not None):
         # a count past the bounds ran the bound's count under the asked count's label (fixed_10 ran 4)
-        if not (isinstance(n, (int, float)) and not isinstance(n, bool) and lo <= n <= hi):
+        if not (is_finite_number(n) and lo <= n <= hi):
             raise ValueError(f"instances: expected a count within the endpoint's bounds {lo}-{hi}, got {n!r}")
 
 
