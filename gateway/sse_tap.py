@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 
 from .http.errors import error_body
-from .http.upstream_errors import redact
+from .http.upstream_errors import log_text
 from .spend.cost import usage_from_openai
 
 _SEP = b"\n\n"
@@ -106,7 +106,7 @@ class SseTap:
                 except orjson.JSONDecodeError:
                     parsed = None
             if isinstance(parsed, dict) and ("error" in parsed or parsed.get("type") == "error"):
-                self.upstream_error = redact(data[:8000].decode("utf-8", "replace"))[:2000]
+                self.upstream_error = log_text(data)
                 if "error" in parsed:
                     own = _OWN_CHAT_ERROR
                 else:

@@ -87,10 +87,13 @@ def client_error_body(backend: str, upstream_status: int, status: int, raw: byte
     return error_body(message, type_, param, code or f"upstream_http_{upstream_status}")
 
 
+def log_text(raw: bytes) -> str:
+    """What the log may hold of an upstream's words: their start, decoded, with secrets redacted."""
+    return redact(raw[: _LOG_MAX_CHARS * 4].decode("utf-8", "replace"))[:_LOG_MAX_CHARS]
+
+
 def log_upstream_error(backend: str, request_id: str, status: int, raw: bytes) -> None:
-    text = raw[: _LOG_MAX_CHARS * 4].decode("utf-8", "replace")
-    log.warning("backend %s answered HTTP %d to request %s: %s", backend, status, request_id,
-                redact(text)[:_LOG_MAX_CHARS])
+    log.warning("backend %s answered HTTP %d to request %s: %s", backend, status, request_id, log_text(raw))
 
 
 def _what_to_configure(cfg) -> str:
