@@ -42,14 +42,14 @@ def check_tree(data: Any, file: str) -> None:
             for k, v in node.items():
                 if not isinstance(k, str):
                     raise DocumentError(f"{file}: {where + '.' if where else ''}{k!r}: a key must be a string "
-                                      f"(YAML reads unquoted yes/no, numbers and ~ as other types: quote it)")
+                                        f"(YAML reads unquoted yes/no, numbers and ~ as other types: quote it)")
                 total += size(v, f"{where}.{k}" if where else k)
         elif isinstance(node, list):
             total += sum(size(v, where) for v in node)
         sizes[id(node)] = total
         if total > MAX_CONFIG_VALUES:
             raise DocumentError(f"{file}: {where or 'the document'}: expands to more than {MAX_CONFIG_VALUES:,} "
-                              f"values (through YAML aliases?)")
+                                f"values (through YAML aliases?)")
         return total
 
     size(data, "")
